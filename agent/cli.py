@@ -1,0 +1,146 @@
+"""The click CLI: the only place errors become exit codes and termination messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import click
+import structlog
+
+from agent import __version__
+from agent import log as agent_log
+from agent.errors import AgentError, NotATargetNode, NotImplementedYet
+from agent.pci import Detection, detect
+from agent.settings import LOG_FORMATS, LOG_LEVELS, OPTIONS, Settings, build_settings
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+
+
+def _help(field: str) -> str:
+    opt = next(o for o in OPTIONS if o.field == field)
+    return f"{opt.help} [env {opt.env}; default {opt.default}]"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="grid-agent", message="%(prog)s %(version)s")
+@click.option("--host-root", metavar="PATH", help=_help("host_root"))
+@click.option("--host-pid", metavar="PID", help=_help("host_pid"))
+@click.option("--nsenter/--no-nsenter", default=None, help=_help("nsenter"))
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), help=_help("log_format"))
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), help=_help("log_level"))
+@click.pass_context
+def cli(ctx: click.Context, **flags: object) -> None:
+    """Install, verify and watch the Azure GRID driver on RTX PRO 6000 BSE nodes."""
+    raw = {k: (None if v is None else str(v).lower() if isinstance(v, bool) else str(v))
+           for k, v in flags.items()}
+    settings = build_settings(raw, os.environ)
+    agent_log.configure(settings.log_format, settings.log_level)
+    ctx.obj = settings
+
+
+def _print_detection(found: Detection, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({
+            "target_node": found.is_target_node,
+            "targets": [d.as_dict() for d in found.targets],
+            "nvidia": [d.as_dict() for d in found.nvidia],
+        }, indent=2))
+        return
+    if not found.nvidia:
+        click.echo("no NVIDIA PCI functions found")
+    for dev in found.nvidia:
+        mark = "target" if dev in found.targets else "other "
+        sub = dev.subsystem_id or "-"
+        click.echo(f"{mark}  {dev.slot}  {dev.pci_id}  sub {sub}  class 0x{dev.pci_class:06x}"
+                   f"  driver {dev.driver or '-'}")
+
+
+@cli.command("detect")
+@click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+@click.pass_obj
+def detect_cmd(settings: Settings, as_json: bool) -> None:
+    """Find the target GPU functions on this node (exit 0 found, 3 not a target)."""
+    from agent.host.udev import scan_pci
+
+    found = detect(scan_pci(), settings.target_spec)
+    log.info("pci_detected", nvidia=len(found.nvidia), targets=[d.slot for d in found.targets])
+    _print_detection(found, as_json)
+    if not found.is_target_node:
+        wanted = ",".join(str(i) for i in settings.target_ids)
+        raise NotATargetNode(
+            f"no target PCI function ({wanted}) on this node; "
+            f"{len(found.nvidia)} NVIDIA function(s) found, none a target"
+        )
+
+
+def _not_yet(name: str, summary: str) -> None:
+    @cli.command(name, help=f"{summary} (not implemented yet).",
+                 context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def stub() -> None:
+        raise NotImplementedYet(f"`grid-agent {name}` is not implemented yet")
+
+
+for _name, _summary in (
+    ("fetch", "Download and verify the driver installer into the host cache"),
+    ("install", "Converge the node to the pinned GRID driver and hand it to the GPU Operator"),
+    ("run", "Install in the foreground with a health report, for a person"),
+    ("watch", "Health sidecar: re-check the driver and serve probes and metrics"),
+    ("check", "Run the health checks once"),
+    ("probe", "Exec-probe answer from the cached verdict"),
+    ("uninstall", "Remove the driver and the GPU Operator hand-off"),
+):
+    _not_yet(_name, _summary)
+
+
+def termination_log_path(environ: Mapping[str, str]) -> Path | None:
+    """GRID_AGENT_TERMINATION_LOG, else /dev/termination-log when Kubernetes provides it."""
+    override = environ.get("GRID_AGENT_TERMINATION_LOG", "").strip()
+    if override:
+        return Path(override)
+    return DEFAULT_TERMINATION_LOG if DEFAULT_TERMINATION_LOG.exists() else None
+
+
+def _write_termination(message: str, environ: Mapping[str, str]) -> None:
+    path = termination_log_path(environ)
+    if path is None:
+        return
+    try:
+        path.write_text(message + "\n", encoding="utf-8")
+    except OSError as exc:
+        log.warning("termination_log_unwritable", path=str(path), error=exc.strerror)
+
+
+def run_cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the CLI and map every outcome to an exit code (the one place that does)."""
+    environ = os.environ if environ is None else environ
+    agent_log.configure()
+    try:
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="grid-agent",
+                      standalone_mode=False)
+    except AgentError as exc:
+        log.error("command_failed", error=exc.line(), exit_code=exc.exit_code,
+                  kind=type(exc).__name__)
+        _write_termination(exc.line(), environ)
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        _write_termination(exc.format_message(), environ)
+        return exc.exit_code
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except Exception as exc:  # a bug: keep the traceback
+        log.exception("internal_error", error=repr(exc))
+        _write_termination(f"internal error (a bug): {exc!r}; see the pod log", environ)
+        return 1
+    return rv if isinstance(rv, int) else 0
+
+
+def main() -> None:
+    sys.exit(run_cli())

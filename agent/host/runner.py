@@ -1,0 +1,102 @@
+"""HostRunner: the only place that starts processes, in the host's namespaces."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from agent.errors import HostCommandError, HostCommandTimeout
+
+log = structlog.get_logger(__name__)
+
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The namespaces nsenter joins; not `user` (we are already root) nor `cgroup`.
+NSENTER_FLAGS = ("--mount", "--uts", "--ipc", "--net", "--pid")
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A minimal environment: never leak the container's LD_PRELOAD, PYTHONPATH or proxies."""
+    env = {"PATH": HOST_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/root"}
+    env.update(extra or {})
+    return env
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+@dataclass
+class HostRunner:
+    """Runs argv on the host: through `nsenter --target PID` or, with pid None, directly."""
+
+    pid: int | None = 1
+    timeout: float = 120.0
+    env: Mapping[str, str] = field(default_factory=dict)
+    nsenter: str = "nsenter"
+    calls: int = 0  # how many host processes this runner started (benchmarks read it)
+
+    def argv_for(self, argv: Sequence[str]) -> list[str]:
+        if self.pid is None:
+            return list(argv)
+        return [self.nsenter, "--target", str(self.pid), *NSENTER_FLAGS, "--", *argv]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        """Run to completion; raise HostCommandError on non-zero exit when `check`."""
+        full = self.argv_for(argv)
+        limit = self.timeout if timeout is None else timeout
+        log.debug("host_command", argv=full, timeout=limit)
+        self.calls += 1
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                full,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=clean_env({**self.env, **(env or {})}),
+                start_new_session=True,  # so a timeout kills nsenter's forked child too
+                text=True,
+                errors="replace",
+            )
+        except OSError as exc:
+            raise HostCommandError(argv, None, reason=f"could not start: {exc.strerror}") from exc
+        try:
+            out, err = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            out, err = proc.communicate()
+            raise HostCommandTimeout(
+                argv, None, out, err, reason=f"timed out after {limit:g}s"
+            ) from None
+        result = CommandResult(tuple(argv), proc.returncode, out, err, time.monotonic() - started)
+        if check and not result.ok:
+            raise HostCommandError(argv, result.returncode, out, err)
+        return result
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,140 @@
+"""Settings: one frozen object resolved once from flags, GRID_AGENT_* variables and defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigError
+from agent.pci import PciId, TargetSpec, parse_id_list
+
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError("must be an integer") from None
+        if value < low:
+            raise ValueError(f"must be >= {low}")
+        return value
+
+    return parse
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if value < 0 or value != value:  # NaN is not a duration
+        raise ValueError("must not be negative")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its field, its variable, its flag (if global), parser, default, help."""
+
+    field: str
+    env: str
+    parse: Callable[[str], Any]
+    default: str
+    help: str
+    flag: str | None = None
+
+    def label(self) -> str:
+        return f"{self.flag} / {self.env}" if self.flag else self.env
+
+
+# Order matters: host_root's default depends on nsenter.
+OPTIONS: tuple[Option, ...] = (
+    Option("nsenter", "GRID_AGENT_NSENTER", parse_bool, "true",
+           "run host commands through nsenter (false: directly, on the VM itself)", "--nsenter"),
+    Option("host_root", "GRID_AGENT_HOST_ROOT", Path, "/host",
+           "where the host's / is seen (default / with --no-nsenter)", "--host-root"),
+    Option("host_pid", "GRID_AGENT_HOST_PID", int_at_least(1), "1",
+           "PID whose namespaces host commands enter", "--host-pid"),
+    Option("log_format", "GRID_AGENT_LOG_FORMAT", choice(*LOG_FORMATS), "auto",
+           "json lines, console, or auto (json unless a person watches a TTY)", "--log-format"),
+    Option("log_level", "GRID_AGENT_LOG_LEVEL", choice(*LOG_LEVELS), "info",
+           "least severe log level shown", "--log-level"),
+    Option("target_ids", "GRID_AGENT_TARGET_PCI_IDS", parse_id_list, "10de:2bb5",
+           "comma-separated vendor:device ids this agent installs for"),
+    Option("target_subsystems", "GRID_AGENT_TARGET_SUBSYSTEMS", parse_id_list, "",
+           "optional comma-separated subsystem ids (e.g. 1414:2187); empty accepts any"),
+    Option("command_timeout", "GRID_AGENT_COMMAND_TIMEOUT", seconds, "120",
+           "default timeout for one host command, in seconds"),
+    Option("watch_interval", "GRID_AGENT_WATCH_INTERVAL", seconds, "60",
+           "seconds between health check cycles in `watch`"),
+    Option("watch_jitter", "GRID_AGENT_WATCH_JITTER", seconds, "5",
+           "random extra seconds added to each watch interval"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host_root: Path
+    host_pid: int
+    nsenter: bool
+    log_format: str
+    log_level: str
+    target_ids: tuple[PciId, ...]
+    target_subsystems: tuple[PciId, ...]
+    command_timeout: float
+    watch_interval: float
+    watch_jitter: float
+
+    @property
+    def target_spec(self) -> TargetSpec:
+        return TargetSpec(ids=self.target_ids, subsystems=self.target_subsystems)
+
+
+def _validate(values: dict[str, Any]) -> None:
+    if not values["target_ids"]:
+        raise ConfigError("GRID_AGENT_TARGET_PCI_IDS must name at least one vendor:device id")
+    if values["command_timeout"] <= 0:
+        raise ConfigError("GRID_AGENT_COMMAND_TIMEOUT must be greater than 0")
+
+
+def build_settings(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> Settings:
+    """Resolve each option: flag beats variable beats default; bad values name both."""
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        raw = flags.get(opt.field)
+        if raw is None:
+            raw = environ.get(opt.env)
+        if raw is None:
+            raw = opt.default
+            if opt.field == "host_root" and not values["nsenter"]:
+                raw = "/"  # on the VM itself, the host's root is ours
+        try:
+            values[opt.field] = opt.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"invalid value {raw!r} for {opt.label()}: {exc}") from None
+    _validate(values)
+    return Settings(**values)
