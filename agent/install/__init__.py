@@ -1,0 +1,1 @@
+"""Converging a node to a verified GRID driver, step by step."""
