@@ -1,0 +1,99 @@
+import pytest
+
+from agent.host.root import HostRoot
+from agent.host.runner import CommandResult
+from agent.install import publish as pub
+
+BASE = (
+    "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+    "25 22 0:23 / /run rw,nosuid shared:5 - tmpfs tmpfs rw\n"
+)
+RBIND = "31 25 8:1 / /run/nvidia/driver rw shared:1 - ext4 /dev/sda1 rw\n"
+
+
+class MountingRunner:
+    """Plays the host's mount(8): records argv and updates the host's mountinfo file."""
+
+    def __init__(self, mountinfo):
+        self.mountinfo = mountinfo
+        self.argvs = []
+
+    def run(self, argv, **_):
+        self.argvs.append(list(argv))
+        if argv[:2] == ["mount", "--rbind"]:
+            self.mountinfo.write_text(self.mountinfo.read_text() + RBIND)
+        elif argv[:2] == ["umount", "--lazy"]:
+            self.mountinfo.write_text(self.mountinfo.read_text().replace(RBIND, ""))
+        return CommandResult(tuple(argv), 0, "", "", 0.0)
+
+
+@pytest.fixture
+def host(tmp_path):
+    (tmp_path / "proc/1").mkdir(parents=True)
+    (tmp_path / "proc/1/mountinfo").write_text(BASE)
+    return HostRoot(tmp_path), MountingRunner(tmp_path / "proc/1/mountinfo")
+
+
+def test_publish_mounts_then_marks_and_is_idempotent(host):
+    root, runner = host
+    assert not pub.inspect_handoff(root).intact
+    assert pub.publish(root, runner) is True
+    assert runner.argvs == [["mount", "--rbind", "/", "/run/nvidia/driver"]]
+    assert root.read_text(pub.MARKER) == pub.MARKER_CONTENT
+    assert pub.inspect_handoff(root).intact
+    assert pub.publish(root, runner) is False
+    assert len(runner.argvs) == 1
+
+
+def test_existing_mount_point_is_left_alone_and_dir_never_recreated(host):
+    root, runner = host
+    root.path(pub.DRIVER_ROOT).mkdir(parents=True)
+    inode = root.path(pub.DRIVER_ROOT).stat().st_ino
+    runner.mountinfo.write_text(BASE + RBIND)
+    assert pub.publish(root, runner) is True  # only the marker was missing
+    assert runner.argvs == []
+    assert root.path(pub.DRIVER_ROOT).stat().st_ino == inode
+
+
+def test_reboot_empties_run_and_publish_restores_both(host):
+    root, runner = host
+    pub.publish(root, runner)
+    root.path(pub.MARKER).unlink()
+    runner.mountinfo.write_text(BASE)
+    handoff = pub.inspect_handoff(root)
+    assert "missing" in handoff.reason and "not a mount" in handoff.reason
+    assert pub.publish(root, runner) is True
+    assert pub.inspect_handoff(root).intact
+
+
+def test_a_mount_of_something_else_is_not_the_host_root(host):
+    root, runner = host
+    runner.mountinfo.write_text(BASE + "31 25 0:99 / /run/nvidia/driver rw - tmpfs tmpfs rw\n")
+    assert not pub.inspect_handoff(root).mounted
+
+
+@pytest.mark.parametrize(("text", "valid"), [
+    ("", True),
+    (pub.MARKER_CONTENT, True),
+    ("# comment\nGDS_ENABLED: true\n", True),
+    ("GDS_ENABLED: yes-please\n", False),
+    ("ready\n", False),
+])
+def test_marker_validation_matches_the_validator_yaml_bool_map(text, valid):
+    assert pub.marker_is_valid(text) is valid
+
+
+def test_run_must_be_shared():
+    assert pub.run_is_shared(BASE)
+    assert not pub.run_is_shared(BASE.replace("shared:5", "master:3"))
+    assert not pub.run_is_shared("")
+
+
+def test_unpublish_removes_marker_then_lazily_unmounts(host):
+    root, runner = host
+    pub.publish(root, runner)
+    assert pub.unpublish(root, runner) is True
+    assert runner.argvs[-1] == ["umount", "--lazy", "/run/nvidia/driver"]
+    assert not root.path(pub.MARKER).exists()
+    assert root.path(pub.DRIVER_ROOT).is_dir()
+    assert pub.unpublish(root, runner) is False

@@ -1,0 +1,81 @@
+import json
+
+import pytest
+
+from agent import __version__
+from agent.cli import cli, run_cli, termination_log_path
+
+
+@pytest.fixture
+def term(tmp_path):
+    path = tmp_path / "termination-log"
+    return path, {"GRID_AGENT_TERMINATION_LOG": str(path)}
+
+
+def test_version(capsys):
+    assert run_cli(["--version"], {}) == 0
+    assert capsys.readouterr().out.strip() == f"grid-agent {__version__}"
+
+
+def test_help_lists_every_subcommand(capsys):
+    assert run_cli(["--help"], {}) == 0
+    out = capsys.readouterr().out
+    for name in ("detect", "fetch", "install", "run", "watch", "check", "probe", "uninstall"):
+        assert name in out
+
+
+def json_lines(text):
+    return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+
+
+def test_config_error_is_exit_2_with_one_line_and_termination_message(term, capsys):
+    path, env = term
+    code = run_cli(["--log-format", "json", "--host-pid", "zero", "detect"], env)
+    assert code == 2
+    line = "invalid value 'zero' for --host-pid / GRID_AGENT_HOST_PID: must be an integer"
+    assert path.read_text().startswith(line)
+    events = json_lines(capsys.readouterr().err)
+    assert [e["event"] for e in events] == ["command_failed"]
+    assert events[0]["exit_code"] == 2
+    assert events[0]["error"] == path.read_text().strip()
+
+
+def test_click_usage_error_is_exit_2_and_recorded(term):
+    path, env = term
+    assert run_cli(["detect", "--no-such-flag"], env) == 2
+    assert "no-such-flag" in path.read_text()
+
+
+@pytest.fixture
+def boom_command():
+    @cli.command("boom-test")
+    def boom() -> None:
+        raise RuntimeError("kaput")
+
+    yield
+    cli.commands.pop("boom-test")
+
+
+@pytest.mark.usefixtures("boom_command")
+def test_unexpected_error_is_exit_1_with_traceback_logged(term, capsys):
+    path, env = term
+    assert run_cli(["--log-format", "json", "boom-test"], env) == 1
+    assert "internal error (a bug): RuntimeError('kaput')" in path.read_text()
+    event = next(e for e in json_lines(capsys.readouterr().err) if e["event"] == "internal_error")
+    assert event["exception"][0]["exc_type"] == "RuntimeError"
+
+
+def test_not_implemented_yet_is_a_clean_exit_2(term, capsys):
+    path, env = term
+    name = next(n for n in ("probe", "uninstall", "run", "install", "watch", "check", "fetch")
+                if cli.commands[n].callback.__name__ == "stub")
+    assert run_cli(["--log-format", "json", name], env) == 2
+    assert path.read_text().startswith(f"`grid-agent {name}` is not implemented yet")
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_termination_log_path_prefers_the_variable(tmp_path):
+    env = {"GRID_AGENT_TERMINATION_LOG": str(tmp_path / "t")}
+    assert termination_log_path(env) == tmp_path / "t"
+
+
