@@ -12,6 +12,8 @@ from agent.pci import PciId, TargetSpec, parse_id_list
 
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# "" means the catalog's type for the release (proprietary for 580.105.08-grid-azure).
+MODULE_TYPES = ("auto", "open", "proprietary", "proprietary-strict")
 
 
 def parse_bool(text: str) -> bool:
@@ -93,6 +95,14 @@ OPTIONS: tuple[Option, ...] = (
            "seconds between health check cycles in `watch`"),
     Option("watch_jitter", "GRID_AGENT_WATCH_JITTER", seconds, "5",
            "random extra seconds added to each watch interval"),
+    Option("kernel_module_type", "GRID_AGENT_KERNEL_MODULE_TYPE",
+           choice("", *MODULE_TYPES), "",
+           "auto, open, proprietary, or proprietary-strict (no fallback to open); "
+           "empty: the catalog's type for the release"),
+    Option("install_timeout", "GRID_AGENT_INSTALL_TIMEOUT", seconds, "1800",
+           "seconds the driver installer (.run) may run, and `--wait-lock` waits"),
+    Option("wait_lock", "GRID_AGENT_WAIT_LOCK", parse_bool, "false",
+           "wait for another grid-agent's host lock instead of exiting 8"),
 )
 
 
@@ -108,6 +118,9 @@ class Settings:
     command_timeout: float
     watch_interval: float
     watch_jitter: float
+    kernel_module_type: str
+    install_timeout: float
+    wait_lock: bool
 
     @property
     def target_spec(self) -> TargetSpec:
@@ -117,6 +130,8 @@ class Settings:
 def _validate(values: dict[str, Any]) -> None:
     if not values["target_ids"]:
         raise ConfigError("GRID_AGENT_TARGET_PCI_IDS must name at least one vendor:device id")
+    if values["install_timeout"] <= 0:
+        raise ConfigError("GRID_AGENT_INSTALL_TIMEOUT must be greater than 0")
     if values["command_timeout"] <= 0:
         raise ConfigError("GRID_AGENT_COMMAND_TIMEOUT must be greater than 0")
 
