@@ -1,0 +1,143 @@
+import pytest
+
+from agent.errors import HostCommandError, InstallError
+from agent.host.root import HostRoot
+from agent.host.runner import CommandResult
+from agent.install import installer as inst
+
+LOG_FAIL = """\
+-> Installing NVIDIA driver version 580.105.08.
+ERROR: An error occurred while performing the step: "Building kernel modules".
+WARNING: something harmless
+ERROR: Unable to load the kernel module 'nvidia.ko'.
+ERROR: Installation has failed.
+"""
+LOG_OPEN = """\
+ERROR: The NVIDIA GPU 0000:00:02.0 (PCI ID: 10de:2bb5) installed in this system requires use \
+of the NVIDIA open kernel modules.
+ERROR: Installation has failed.
+"""
+NVRM = ("[ 12.3] NVRM: The NVIDIA GPU 0000:00:02.0 (PCI ID: 10de:2bb5) installed in this system "
+        "requires use of the NVIDIA open kernel modules.\n[ 12.4] NVRM: RmInitAdapter failed!\n")
+
+
+class ScriptedRunner:
+    """Plays the host: answers by argv, optionally writing the installer log first."""
+
+    def __init__(self, root, *, rc=0, stdout="", log_text=None):
+        self.root, self.rc, self.stdout, self.log_text = root, rc, stdout, log_text
+        self.argvs = []
+
+    def run(self, argv, *, timeout=None, check=True, **_):
+        self.argvs.append((list(argv), timeout))
+        if self.log_text is not None:
+            path = self.root.path(inst.INSTALLER_LOG)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.log_text)
+        if check and self.rc:
+            raise HostCommandError(argv, self.rc, self.stdout, "")
+        return CommandResult(tuple(argv), self.rc, self.stdout, "", 1.5)
+
+
+@pytest.fixture
+def root(tmp_path):
+    return HostRoot(tmp_path)
+
+
+def add_dkms(root, where="/usr/sbin"):
+    path = root.path(f"{where}/dkms")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize(("requested", "recommended", "want"), [
+    ("proprietary", None, inst.ModuleChoice("proprietary", True, "proprietary")),
+    ("proprietary-strict", None, inst.ModuleChoice("proprietary", False, "proprietary-strict")),
+    ("open", None, inst.ModuleChoice("open", False, "open")),
+    ("auto", "open", inst.ModuleChoice("open", False, "auto")),
+    ("auto", "proprietary", inst.ModuleChoice("proprietary", False, "auto")),
+])
+def test_choose_module_type(requested, recommended, want):
+    assert inst.choose_module_type(requested, recommended) == want
+
+
+def test_auto_without_a_usable_answer_is_an_install_error():
+    with pytest.raises(InstallError, match="recommended no usable"):
+        inst.choose_module_type("auto", None)
+
+
+def test_empty_setting_means_the_catalog_type():
+    assert inst.requested_type("", "proprietary") == "proprietary"
+    assert inst.requested_type("open", "proprietary") == "open"
+
+
+def test_argv_without_and_with_dkms(root):
+    assert inst.installer_argv("/var/cache/grid-agent/x.run", "open", dkms=False) == [
+        "sh", "/var/cache/grid-agent/x.run", "--silent", "--no-drm", "-M", "open",
+        "--log-file-name=/var/log/nvidia-installer.log"]
+    assert "--dkms" in inst.installer_argv("/x.run", "open", dkms=True)
+    assert inst.host_has_dkms(root) is False
+    add_dkms(root, "/usr/local/sbin")
+    assert inst.host_has_dkms(root) is True
+
+
+def test_dkms_not_executable_does_not_count(root):
+    add_dkms(root)
+    root.path("/usr/sbin/dkms").chmod(0o644)
+    assert inst.host_has_dkms(root) is False
+
+
+def test_run_installer_success_runs_by_host_path_with_timeout(root):
+    add_dkms(root)
+    runner = ScriptedRunner(root)
+    inst.run_installer(root, runner, "/var/cache/grid-agent/d.run", "proprietary", timeout=900)
+    (argv, timeout), = runner.argvs
+    assert argv[:6] == ["sh", "/var/cache/grid-agent/d.run", "--silent", "--no-drm", "-M",
+                        "proprietary"]
+    assert "--dkms" in argv and timeout == 900
+
+
+def test_failure_surfaces_the_last_error_lines_of_this_runs_log(root):
+    old = root.path(inst.INSTALLER_LOG)
+    old.parent.mkdir(parents=True)
+    old.write_text("ERROR: from an older attempt\n")
+    runner = ScriptedRunner(root, rc=1, log_text=LOG_FAIL)
+    with pytest.raises(inst.InstallerFailed) as err:
+        inst.run_installer(root, runner, "/d.run", "proprietary", timeout=10)
+    assert err.value.exit_code == 6
+    assert "Unable to load the kernel module" in err.value.message
+    assert "Installation has failed" in err.value.message
+    assert "older attempt" not in err.value.message
+    assert err.value.requires_open is False
+    assert root.path(inst.INSTALLER_LOG + ".old").read_text() == "ERROR: from an older attempt\n"
+
+
+def test_failure_without_a_log_uses_the_command_output(root):
+    runner = ScriptedRunner(root, rc=1, stdout="ERROR: no space left\n")
+    with pytest.raises(inst.InstallerFailed, match="no space left"):
+        inst.run_installer(root, runner, "/d.run", "open", timeout=10)
+
+
+def test_requires_open_signals():
+    assert inst.says_requires_open(LOG_OPEN)
+    assert not inst.says_requires_open(LOG_FAIL)
+    assert inst.kernel_says_requires_open(NVRM)
+    assert not inst.kernel_says_requires_open("NVRM: loading NVIDIA UNIX x86_64 Kernel Module")
+
+
+def test_recommended_type_takes_the_last_word_after_makeself_chatter(root):
+    runner = ScriptedRunner(root, stdout="Verifying archive integrity... OK\nopen\n")
+    assert inst.recommended_module_type(runner, "/d.run", timeout=5) == "open"
+    assert runner.argvs[0][0] == ["sh", "/d.run", "--print-recommended-kernel-module-type"]
+    assert inst.recommended_module_type(ScriptedRunner(root, stdout="??"), "/d.run",
+                                        timeout=5) is None
+    with pytest.raises(InstallError, match="could not ask"):
+        inst.recommended_module_type(ScriptedRunner(root, rc=1), "/d.run", timeout=5)
+
+
+def test_host_path_of(root):
+    assert inst.host_path_of(root, root.path("/var/cache/grid-agent/a.run")) == \
+        "/var/cache/grid-agent/a.run"
+    with pytest.raises(InstallError):
+        inst.host_path_of(root, "/elsewhere/a.run")
