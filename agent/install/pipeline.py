@@ -1,0 +1,327 @@
+"""The install flow: gate, lock, fast path, then each idempotent step up to the hand-off."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.driver.record import InstallRecord, config_digest, read_record, write_record
+from agent.errors import AgentError, InstallError, VerifyError
+from agent.host.root import HostRoot
+from agent.host.runner import HostRunner
+from agent.install import installer as inst
+from agent.install.kit import Kit
+from agent.pci import detect
+from agent.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SUCCESS_OUTCOMES = ("installed", "fast_path")
+DEFAULT_DPKG_WAIT = 300.0
+Progress = Callable[[str, str, bool | None], None]  # (started|finished|failed, step, changed)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What `install` did: not_target, fast_path or installed (failures raise)."""
+
+    outcome: str
+    verify: Any = None  # VerifyResult when the driver was verified
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Pin:
+    """What the settings ask for, resolved once per run."""
+
+    release: Any  # catalog.Release
+    module_version: str
+    requested: str  # auto | open | proprietary | proprietary-strict
+    digest: str
+
+
+def resolve_pin(settings: Settings, kit: Kit) -> Pin:
+    release = kit.resolve_release(settings)
+    requested = inst.requested_type(settings.kernel_module_type, release.module_type)
+    # The digest names what defines the bits on disk: not the mirror URL, not strictness.
+    digest = config_digest(version=release.version, sha256=release.sha256,
+                           module_type=requested.removesuffix("-strict"), no_drm=True)
+    return Pin(release, kit.module_version(release.version), requested, digest)
+
+
+def record_matches(record: InstallRecord | None, pin: Pin) -> str | None:
+    """None when the record describes a successful install of this pin, else why not."""
+    if record is None:
+        return "no install record"
+    if record.outcome not in SUCCESS_OUTCOMES:
+        return f"last run ended {record.outcome} (exit {record.exit_code})"
+    if record.version != pin.release.version:
+        return f"recorded version {record.version} is not {pin.release.version}"
+    if record.config_digest != pin.digest:
+        return "the install configuration changed"
+    return None
+
+
+@dataclass
+class Flow:
+    """One install run's state; steps fill in what later steps need."""
+
+    settings: Settings
+    root: HostRoot
+    runner: HostRunner
+    kit: Kit
+    pin: Pin
+    progress: Progress | None = None
+    kernel_release: str = ""
+    run_path: str = ""  # the .run by its host path
+    module_type: str = ""
+    force_install: bool = False
+    fast: bool = False
+    verified: Any = None
+    started: float = field(default_factory=time.monotonic)
+
+    def step(self, name: str, action: Callable[[], bool]) -> bool:
+        """Run one step between step_started/step_finished events (crash tests key on them)."""
+        log.info("step_started", name=name)
+        self._tell("started", name, None)
+        begun = time.monotonic()
+        try:
+            changed = bool(action())
+        except AgentError as exc:
+            log.error("step_failed", name=name, error=exc.line())
+            self._tell("failed", name, None)
+            raise
+        log.info("step_finished", name=name, changed=changed,
+                 seconds=round(time.monotonic() - begun, 3))
+        self._tell("finished", name, changed)
+        return changed
+
+    def _tell(self, phase: str, name: str, changed: bool | None) -> None:
+        if self.progress is not None:
+            self.progress(phase, name, changed)
+
+    # -- fast path ---------------------------------------------------------------------
+
+    def fast_path_refusal(self) -> str | None:
+        """None when the loaded driver and the record match the pin (verification still due)."""
+        state = self.kit.module_state(self.root)
+        if not state.loaded:
+            return "the nvidia module is not loaded"
+        if state.version != self.pin.module_version:
+            return f"loaded module is {state.version}, pin is {self.pin.module_version}"
+        record = read_record(self.root)
+        why = record_matches(record, self.pin)
+        if why or record is None:
+            return why
+        if state.module_type is not None and state.module_type != record.module_type:
+            return f"loaded {state.module_type} modules, recorded {record.module_type}"
+        self.kernel_release = self.kit.kernel_release(self.runner)
+        if record.kernel_release != self.kernel_release:
+            return f"kernel is {self.kernel_release}, driver was built for {record.kernel_release}"
+        self.module_type = record.module_type
+        return None
+
+    def do_fast_path(self) -> bool:
+        """Sets self.fast when the driver in place is this pin and verifies; changes nothing."""
+        why = self.fast_path_refusal()
+        if why is None:
+            try:
+                self.verified = self._verify()
+            except VerifyError as exc:
+                why = f"verification failed: {exc.message}"
+                self.force_install = True  # what is on disk is suspect: rebuild it
+        if why is not None:
+            log.info("fast_path_declined", reason=why)
+            return False
+        log.info("fast_path_taken", version=self.pin.release.version)
+        self.fast = True
+        return False
+
+    # -- the steps ---------------------------------------------------------------------
+
+    def do_preflight(self) -> bool:
+        found = self.kit.preflight(self.settings, self.root, self.runner)
+        self.kernel_release = found.kernel_release
+        return False
+
+    def do_download(self) -> bool:
+        cache = self.root.path("/var/cache/grid-agent")
+        before = set(cache.iterdir()) if cache.is_dir() else set()
+        path = Path(self.kit.ensure_installer(self.pin.release, self.root))
+        self.run_path = inst.host_path_of(self.root, path)
+        return path not in before
+
+    def do_packages(self) -> bool:
+        wait = getattr(self.settings, "dpkg_lock_wait", DEFAULT_DPKG_WAIT)
+        return self.kit.ensure_build_deps(self.root, self.runner, self.kernel_release,
+                                          lock_wait=wait)
+
+    def do_stale_unload(self) -> bool:
+        # From here on the driver may change: withdraw the hand-off first, so no operator
+        # pod trusts a marker while verification of the new driver has not passed.
+        withdrawn = self.kit.remove_marker(self.root)
+        unloaded = self.kit.unload_stale(self.root, self.runner,
+                                         want_version=self.pin.module_version)
+        return withdrawn or unloaded
+
+    def do_nouveau(self) -> bool:
+        outcome = self.kit.ensure_nouveau_disabled(self.root, self.runner)
+        if outcome.reboot_required:
+            raise InstallError(f"reboot required: {outcome.reason}",
+                               remedy="reboot the node; the agent finishes after the reboot")
+        return outcome.changed
+
+    def installed_on_disk(self) -> str | None:
+        """None when the record says this pin is already built for this kernel."""
+        record = read_record(self.root)
+        why = record_matches(record, self.pin)
+        if why or record is None:
+            return why
+        if record.kernel_release != self.kernel_release:
+            return f"built for kernel {record.kernel_release}"
+        if self.force_install:
+            return "the installed driver failed verification"
+        modules = self.root.path(f"/lib/modules/{self.kernel_release}")
+        if not any(modules.rglob("nvidia.ko*")):
+            return f"no nvidia.ko under /lib/modules/{self.kernel_release}"
+        self.module_type = record.module_type
+        return None
+
+    def choose(self) -> inst.ModuleChoice:
+        recommended = None
+        if self.pin.requested == "auto":
+            recommended = self.kit.recommended_type(self.runner, self.run_path,
+                                                    timeout=self.settings.install_timeout)
+        return inst.choose_module_type(self.pin.requested, recommended)
+
+    def do_installer(self, module_type: str) -> bool:
+        self.kit.run_installer(self.root, self.runner, self.run_path, module_type,
+                               timeout=self.settings.install_timeout)
+        self.module_type = module_type
+        return True
+
+    def do_licensing(self) -> bool:
+        conf = self.kit.ensure_gridd_conf(self.root)
+        running = self.kit.ensure_gridd_running(self.root, self.runner)
+        return conf or running
+
+    def _verify(self) -> Any:
+        return self.kit.verify(self.root, self.runner, module_version=self.pin.module_version,
+                               module_type=self.module_type)
+
+    def do_verify(self) -> bool:
+        self.verified = self._verify()
+        return False
+
+    def record(self, outcome: str, exit_code: int) -> bool:
+        write_record(self.root, InstallRecord(
+            version=self.pin.release.version, module_version=self.pin.module_version,
+            kernel_release=self.kernel_release, module_type=self.module_type or "",
+            config_digest=self.pin.digest, outcome=outcome, exit_code=exit_code,
+            duration_seconds=round(time.monotonic() - self.started, 3),
+            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        ))
+        log.info("install_recorded", outcome=outcome, exit_code=exit_code)
+        return True
+
+
+def _requires_open(flow: Flow, exc: AgentError) -> bool:
+    if isinstance(exc, inst.InstallerFailed) and exc.requires_open:
+        return True
+    return inst.kernel_says_requires_open(flow.kit.kernel_log(flow.runner))
+
+
+def _install_and_load(flow: Flow) -> None:
+    """Installer then load; a requires-open failure of proprietary retries once with open."""
+    why = flow.installed_on_disk()
+    if why is None:
+        flow.step("installer", lambda: False)
+        flow.step("load", lambda: flow.kit.load_modules(flow.root, flow.runner))
+        return
+    log.info("installer_needed", reason=why)
+    choice = flow.choose()
+    try:
+        flow.step("installer", lambda: flow.do_installer(choice.module_type))
+        flow.step("load", lambda: flow.kit.load_modules(flow.root, flow.runner))
+    except AgentError as exc:
+        if choice.module_type != "proprietary" or not _requires_open(flow, exc):
+            raise
+        if not choice.fallback_to_open:
+            raise InstallError(
+                "this GPU requires the NVIDIA open kernel modules and "
+                f"{inst.MODULE_TYPE_VAR}={choice.requested} forbids falling back",
+                remedy=f"set {inst.MODULE_TYPE_VAR}=open (or proprietary to allow the fallback)",
+            ) from exc
+        log.warning("module_type_fallback", installed="open", requested=choice.requested,
+                    reason="this GPU requires the NVIDIA open kernel modules",
+                    hint=f"set {inst.MODULE_TYPE_VAR}=open to skip the failed attempt, or "
+                         "proprietary-strict to forbid this fallback")
+        flow.step("installer", lambda: flow.do_installer("open"))
+        flow.step("load", lambda: flow.kit.load_modules(flow.root, flow.runner))
+
+
+def _full_path(flow: Flow) -> None:
+    flow.step("preflight", flow.do_preflight)
+    flow.step("download", flow.do_download)
+    flow.step("packages", flow.do_packages)
+    flow.step("stale_unload", flow.do_stale_unload)
+    flow.step("nouveau", flow.do_nouveau)
+    _install_and_load(flow)
+    flow.step("persistence", lambda: flow.kit.ensure_persistenced(flow.root, flow.runner))
+    flow.step("licensing", flow.do_licensing)
+    flow.step("verify", flow.do_verify)
+
+
+def _converge(flow: Flow) -> Outcome:
+    flow.step("fast_path", flow.do_fast_path)
+    if not flow.fast:
+        _full_path(flow)
+    # Only after verification passed (fast path or full): the operator may now trust it.
+    flow.step("publish", lambda: flow.kit.publish(flow.root, flow.runner))
+    outcome = "fast_path" if flow.fast else "installed"
+    flow.step("record", lambda: flow.record(outcome, 0))
+    return Outcome(outcome, flow.verified)
+
+
+def gate(settings: Settings, kit: Kit) -> str | None:
+    """None on a target node, else why this node is left alone."""
+    found = detect(kit.scan_pci(), settings.target_spec)
+    if found.is_target_node:
+        log.info("target_found", targets=[d.slot for d in found.targets])
+        return None
+    wanted = ",".join(str(i) for i in settings.target_ids)
+    return f"no target PCI function ({wanted}); {len(found.nvidia)} other NVIDIA function(s)"
+
+
+def install(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, *,
+            progress: Progress | None = None) -> Outcome:
+    """Converge the node; raise the step's AgentError (recorded in state.json) on failure."""
+    why = gate(settings, kit)
+    if why is not None:
+        log.info("not_a_target_node", reason=why, changed=False)
+        return Outcome("not_target", reason=why)
+    pin = resolve_pin(settings, kit)
+    wait = settings.wait_lock
+    with kit.lock(root, wait=wait, timeout=settings.install_timeout if wait else None):
+        flow = Flow(settings, root, runner, kit, pin, progress)
+        try:
+            return _converge(flow)
+        except AgentError as exc:
+            _record_failure(flow, exc)
+            raise
+
+
+def _record_failure(flow: Flow, exc: AgentError) -> None:
+    # The marker must not outlive a failed verification; the record must not claim success.
+    if isinstance(exc, VerifyError):
+        flow.kit.remove_marker(flow.root)
+    try:
+        flow.record("failed", exc.exit_code)
+    except OSError as err:
+        log.warning("install_record_unwritable", error=str(err))

@@ -1,0 +1,183 @@
+import pytest
+from structlog.testing import capture_logs
+
+from agent.driver.record import read_record
+from agent.errors import InstallError, PreflightError, VerifyError
+from agent.host.root import HostRoot
+from agent.install import pipeline
+from tests.unit.install.fakehost import H100, FakeNode, Release, settings
+
+FULL = ["preflight", "ensure_installer", "ensure_build_deps", "remove_marker", "unload_stale",
+        "ensure_nouveau_disabled", "run_installer", "load_modules", "ensure_persistenced",
+        "ensure_gridd_conf", "ensure_gridd_running", "verify", "publish"]
+STEPS = ["fast_path", "preflight", "download", "packages", "stale_unload", "nouveau",
+         "installer", "load", "persistence", "licensing", "verify", "publish", "record"]
+
+
+@pytest.fixture
+def node(tmp_path):
+    return FakeNode(HostRoot(tmp_path))
+
+
+def install(node, **env):
+    return pipeline.install(settings(**env), node.root, object(), node.kit())
+
+
+def step_events(logs):
+    return [(e["event"], e["name"]) for e in logs if e["event"].startswith("step_")]
+
+
+def test_not_a_target_node_changes_nothing_and_takes_no_lock(node):
+    node.devices = [H100]
+    with capture_logs() as logs:
+        out = install(node)
+    assert out.outcome == "not_target"
+    assert "no target PCI function (10de:2bb5)" in out.reason
+    assert node.calls == [] and node.lock_args == []
+    assert [e["event"] for e in logs] == ["not_a_target_node"]
+
+
+def test_fresh_install_runs_every_step_in_order_and_records(node):
+    with capture_logs() as logs:
+        out = install(node)
+    assert out.outcome == "installed"
+    assert node.names() == FULL
+    assert node.calls[6] == ("run_installer", f"/var/cache/grid-agent/{'ab' * 32}.run",
+                             "proprietary")
+    assert [n for ev, n in step_events(logs) if ev == "step_started"] == STEPS
+    finished = {e["name"]: e["changed"] for e in logs if e["event"] == "step_finished"}
+    assert finished["installer"] is True and finished["fast_path"] is False
+    assert node.marker and node.mounted
+    rec = read_record(node.root)
+    assert (rec.outcome, rec.exit_code, rec.module_type, rec.kernel_release) == (
+        "installed", 0, "proprietary", node.kernel)
+    assert node.lock_args == [(False, None)]
+
+
+def test_second_run_takes_the_fast_path(node):
+    install(node)
+    node.calls.clear()
+    with capture_logs() as logs:
+        out = install(node)
+    assert out.outcome == "fast_path"
+    assert node.names() == ["kernel_release", "verify", "publish"]
+    assert read_record(node.root).outcome == "fast_path"
+    assert any(e["event"] == "fast_path_taken" for e in logs)
+
+
+def test_reboot_with_autoload_republishes_on_the_fast_path(node):
+    install(node)
+    node.reboot(autoload=True)
+    node.calls.clear()
+    assert install(node).outcome == "fast_path"
+    assert "run_installer" not in node.names()
+    assert node.marker and node.mounted
+
+
+def test_reboot_without_autoload_loads_without_rebuilding(node):
+    install(node)
+    node.reboot(autoload=False)
+    node.calls.clear()
+    with capture_logs() as logs:
+        assert install(node).outcome == "installed"
+    assert "run_installer" not in node.names() and "load_modules" in node.names()
+    assert {e["name"]: e["changed"] for e in logs if e["event"] == "step_finished"}[
+        "installer"] is False
+    assert node.marker
+
+
+@pytest.mark.parametrize("change", ["version", "kernel", "type", "failed"])
+def test_fast_path_declined_when_anything_differs(node, change):
+    install(node)
+    if change == "version":
+        node.release = Release(version="595.58.03-grid-azure", sha256="cd" * 32)
+    elif change == "kernel":
+        node.kernel = "6.8.0-1030-azure"
+    elif change == "type":
+        node.release = Release(module_type="open")
+    else:
+        pipeline.Flow(settings(), node.root, None, node.kit(),
+                      pipeline.resolve_pin(settings(), node.kit())).record("failed", 6)
+    node.calls.clear()
+    with capture_logs() as logs:
+        install(node)
+    assert any(e["event"] == "fast_path_declined" for e in logs)
+    assert "preflight" in node.names()
+
+
+def test_requires_open_falls_back_once_and_warns_naming_the_variable(node):
+    node.requires_open = True
+    with capture_logs() as logs:
+        out = install(node)
+    assert out.outcome == "installed"
+    installs = [c for c in node.calls if c[0] == "run_installer"]
+    assert [c[2] for c in installs] == ["proprietary", "open"]
+    warning, = [e for e in logs if e["event"] == "module_type_fallback"]
+    assert warning["log_level"] == "warning"
+    assert "GRID_AGENT_KERNEL_MODULE_TYPE" in warning["hint"]
+    assert read_record(node.root).module_type == "open"
+
+
+def test_proprietary_strict_refuses_the_fallback(node):
+    node.requires_open = True
+    with pytest.raises(InstallError, match="proprietary-strict forbids") as err:
+        install(node, kernel_module_type="proprietary-strict")
+    assert err.value.exit_code == 6
+    assert [c[2] for c in node.calls if c[0] == "run_installer"] == ["proprietary"]
+    rec = read_record(node.root)
+    assert (rec.outcome, rec.exit_code) == ("failed", 6)
+    assert not node.marker
+
+
+def test_auto_asks_the_installer(node):
+    install(node, kernel_module_type="auto")
+    assert ("run_installer", f"/var/cache/grid-agent/{'ab' * 32}.run", "open") in node.calls
+    assert "recommended_type" in node.names()
+
+
+def test_verify_failure_is_exit_7_recorded_and_never_published(node):
+    node.smi_exit = 14
+    node.marker = True  # left by an older, verified driver
+    with pytest.raises(VerifyError) as err:
+        install(node)
+    assert err.value.exit_code == 7
+    assert "publish" not in node.names()
+    assert not node.marker
+    rec = read_record(node.root)
+    assert (rec.outcome, rec.exit_code) == ("failed", 7)
+
+
+def test_fast_path_verify_failure_rebuilds(node):
+    install(node)
+    node.smi_exit = 14
+    node.calls.clear()
+    with pytest.raises(VerifyError):
+        install(node)
+    assert "run_installer" in node.names()
+
+
+def test_preflight_failure_changes_nothing_and_records_failure(node):
+    node.preflight_error = "Secure Boot is enabled"
+    with pytest.raises(PreflightError):
+        install(node)
+    assert node.names() == ["preflight"]
+    assert read_record(node.root).outcome == "failed"
+
+
+def test_nouveau_that_cannot_unload_means_reboot_required(node):
+    node.reboot_for_nouveau = True
+    with pytest.raises(InstallError, match="reboot required"):
+        install(node)
+    assert "run_installer" not in node.names()
+
+
+def test_wait_lock_waits_bounded_by_the_install_timeout(node):
+    install(node, wait_lock="true", install_timeout="60")
+    assert node.lock_args == [(True, 60.0)]
+
+
+def test_progress_sees_each_step(node):
+    seen = []
+    pipeline.install(settings(), node.root, object(), node.kit(),
+                     progress=lambda phase, name, changed: seen.append((phase, name)))
+    assert [n for p, n in seen if p == "started"] == STEPS
