@@ -1,0 +1,107 @@
+"""`--dry-run`: which steps would act and why, from read-only looks at the host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.host.root import HostRoot
+from agent.host.runner import HostRunner
+from agent.install import installer as inst
+from agent.install.kit import Kit
+from agent.install.pipeline import Flow, gate, resolve_pin
+from agent.install.publish import inspect_handoff
+from agent.settings import Settings
+
+CACHE_DIR = "/var/cache/grid-agent"
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    step: str
+    acts: bool  # would this step change the host
+    why: str
+
+    def line(self) -> str:
+        return f"{'act ' if self.acts else 'skip'}  {self.step:<13} {self.why}"
+
+
+def _handoff_item(root: HostRoot) -> PlanItem:
+    handoff = inspect_handoff(root)
+    if handoff.intact:
+        return PlanItem("publish", False, "mount and marker in place")
+    return PlanItem("publish", True, f"after verification: {handoff.reason}")
+
+
+def _stale_item(flow: Flow) -> PlanItem:
+    state = flow.kit.module_state(flow.root)
+    want = flow.pin.module_version
+    if not state.loaded or state.version == want:
+        return PlanItem("stale_unload", False, "no other NVIDIA driver loaded")
+    users = f"refcnt {state.refcnt}" + (f", holders {', '.join(state.holders)}"
+                                        if state.holders else "")
+    return PlanItem("stale_unload", True,
+                    f"driver {state.version} is loaded ({users}): unload if unused, "
+                    "else reboot required")
+
+
+def _installer_item(flow: Flow) -> PlanItem:
+    why = flow.installed_on_disk()
+    if why is None:
+        return PlanItem("installer", False,
+                        f"{flow.pin.release.version} already built for {flow.kernel_release}")
+    kind = flow.pin.requested
+    if kind == "auto":
+        kind = "the installer's recommended"
+    return PlanItem("installer", True, f"{why}: run {flow.pin.release.version} with "
+                                       f"{kind} kernel modules (-M), --silent --no-drm")
+
+
+def _full_items(flow: Flow) -> list[PlanItem]:
+    root = flow.root
+    flow.kernel_release = flow.kernel_release or flow.kit.kernel_release(flow.runner)
+    headers = flow.kit.headers_present(root, flow.kernel_release)
+    state = flow.kit.module_state(root)
+    gridd = root.exists("/etc/nvidia/gridd.conf")
+    return [
+        PlanItem("preflight", False, "check OS, Secure Boot, /run propagation, headers, disk"),
+        PlanItem("download", True, f"{flow.pin.release.url} into {CACHE_DIR} unless already "
+                                   f"cached (sha256 {flow.pin.release.sha256 or 'unpinned'})"),
+        PlanItem("packages", not headers,
+                 f"linux-headers-{flow.kernel_release} "
+                 f"{'present' if headers else 'missing: apt-get install'}"),
+        _stale_item(flow),
+        PlanItem("nouveau", state.nouveau_loaded,
+                 "nouveau loaded: blacklist and unload" if state.nouveau_loaded
+                 else "make sure nouveau stays blacklisted"),
+        _installer_item(flow),
+        PlanItem("load", True, "modprobe -a nvidia nvidia-uvm nvidia-modeset; device nodes"),
+        PlanItem("persistence", True, "make sure nvidia-persistenced is enabled and running"),
+        PlanItem("licensing", not gridd, "gridd.conf present; make sure nvidia-gridd runs"
+                 if gridd else "create /etc/nvidia/gridd.conf from the template; start gridd"),
+        PlanItem("verify", False, "nvidia-smi exit 0, -q -x report, loaded version and type"),
+    ]
+
+
+def make_plan(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit) -> list[PlanItem]:
+    """The steps `install` would take now, changing nothing (host commands are read-only)."""
+    why = gate(settings, kit)
+    if why is not None:
+        return [PlanItem("gate", False, f"not a target node, nothing to do: {why}")]
+    flow = Flow(settings, root, runner, kit, resolve_pin(settings, kit))
+    items = [PlanItem("gate", False, "target GPU present")]
+    refusal = flow.fast_path_refusal()
+    if refusal is None:
+        items.append(PlanItem("fast_path", False,
+                              f"{flow.pin.release.version} loaded and recorded: verify, "
+                              "then only (re)publish"))
+    else:
+        items.append(PlanItem("fast_path", False, f"not taken: {refusal}"))
+        items += _full_items(flow)
+    items.append(_handoff_item(root))
+    items.append(PlanItem("record", True, "write /var/lib/grid-agent/state.json"))
+    return items
+
+
+def format_plan(items: list[PlanItem]) -> str:
+    header = f"plan (dry run, nothing changed; module type variable {inst.MODULE_TYPE_VAR}):"
+    return "\n".join([header, *(f"  {item.line()}" for item in items)])

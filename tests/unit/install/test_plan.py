@@ -1,0 +1,52 @@
+import pytest
+
+from agent.host.root import HostRoot
+from agent.install import pipeline
+from agent.install.plan import format_plan, make_plan
+from tests.unit.install.fakehost import H100, FakeNode, State, settings
+
+
+@pytest.fixture
+def node(tmp_path):
+    (tmp_path / "proc/1").mkdir(parents=True)
+    (tmp_path / "proc/1/mountinfo").write_text("22 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw\n")
+    return FakeNode(HostRoot(tmp_path))
+
+
+def plan(node, **env):
+    return {i.step: i for i in make_plan(settings(**env), node.root, object(), node.kit())}
+
+
+def test_fresh_node_plans_every_step_and_changes_nothing(node):
+    items = plan(node)
+    assert list(items) == ["gate", "fast_path", "preflight", "download", "packages",
+                           "stale_unload", "nouveau", "installer", "load", "persistence",
+                           "licensing", "verify", "publish", "record"]
+    assert items["installer"].acts and "no install record" in items["installer"].why
+    assert "proprietary" in items["installer"].why
+    assert not items["stale_unload"].acts
+    assert items["publish"].acts
+    assert [c[0] for c in node.calls] == ["kernel_release"]  # the only host process
+    assert not node.root.path("/var/lib/grid-agent/state.json").exists()
+    text = format_plan(list(items.values()))
+    assert "dry run, nothing changed" in text and "act   installer" in text
+
+
+def test_old_driver_in_use_is_named(node):
+    node.state = State(True, "570.1", "proprietary", 2, ("nvidia_uvm",))
+    item = plan(node)["stale_unload"]
+    assert item.acts and "570.1" in item.why and "nvidia_uvm" in item.why
+
+
+def test_installed_node_plans_the_fast_path(node):
+    pipeline.install(settings(), node.root, object(), node.kit())
+    node.calls.clear()
+    items = plan(node)
+    assert "only (re)publish" in items["fast_path"].why
+    assert "preflight" not in items
+
+
+def test_not_a_target(node):
+    node.devices = [H100]
+    items = plan(node)
+    assert list(items) == ["gate"] and "nothing to do" in items["gate"].why
