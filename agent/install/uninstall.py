@@ -1,0 +1,153 @@
+"""`uninstall`: withdraw the hand-off, stop the daemons, unload, remove the driver and our state."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from agent.driver.record import read_record, remove_record
+from agent.errors import AgentError, HostCommandError, InstallError
+from agent.host.root import HostRoot
+from agent.host.runner import HOST_PATH, HostRunner
+from agent.install import installer as inst
+from agent.install.kit import Kit
+from agent.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+CACHE_DIR = "/var/cache/grid-agent"
+UNINSTALLER = "/usr/bin/nvidia-uninstall"
+UNINSTALL_LOG = "/var/log/nvidia-uninstall.log"
+UNITS = ("nvidia-gridd.service", "nvidia-persistenced.service")
+# Without systemd the daemons run from their own pid files.
+PID_FILES = ("/var/run/nvidia-gridd/nvidia-gridd.pid",
+             "/var/run/nvidia-persistenced/nvidia-persistenced.pid")
+
+
+@dataclass
+class UninstallReport:
+    changed: list[str] = field(default_factory=list)  # the steps that changed the host
+    reboot_required: str | None = None
+
+    def lines(self) -> list[str]:
+        done = ", ".join(self.changed) or "nothing (already uninstalled)"
+        out = [f"uninstall finished; changed: {done}"]
+        if self.reboot_required:
+            out.append(f"reboot required to finish: {self.reboot_required}")
+        return out
+
+
+def _on_path(root: HostRoot, name: str) -> bool:
+    for directory in HOST_PATH.split(":"):
+        path = root.path(f"{directory}/{name}")
+        if path.is_file() and os.access(path, os.X_OK):
+            return True
+    return False
+
+
+def stop_daemons(root: HostRoot, runner: HostRunner) -> bool:
+    """Stop and disable gridd and persistenced (systemd units, else by pid file)."""
+    changed = False
+    if _on_path(root, "systemctl"):
+        for unit in UNITS:
+            if runner.run(["systemctl", "is-active", "--quiet", unit], check=False).ok:
+                runner.run(["systemctl", "stop", unit], check=False)
+                changed = True
+            if runner.run(["systemctl", "is-enabled", "--quiet", unit], check=False).ok:
+                runner.run(["systemctl", "disable", unit], check=False)
+                changed = True
+    for pid_file in PID_FILES:
+        pid = (root.read_text(pid_file, "") or "").strip()
+        if pid.isdigit() and root.path(f"/proc/{pid}").exists():
+            changed = runner.run(["kill", pid], check=False).ok or changed
+    return changed
+
+
+def _cached_runs(root: HostRoot) -> list[Path]:
+    cache = root.path(CACHE_DIR)
+    runs = cache.glob("*.run") if cache.is_dir() else []
+    return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def uninstaller_argv(root: HostRoot) -> list[str] | None:
+    """The installed driver's own uninstaller, else the cached .run's `--uninstall`."""
+    if root.exists(UNINSTALLER):
+        return [UNINSTALLER, "--silent"]
+    record = read_record(root)
+    runs = _cached_runs(root)
+    matching = [p for p in runs if record and record.version in p.name] or runs
+    if not matching:
+        return None
+    return ["sh", inst.host_path_of(root, matching[0]), "--uninstall", "--silent"]
+
+
+def remove_driver(root: HostRoot, runner: HostRunner, *, timeout: float) -> bool:
+    """Run the uninstaller when a driver is on disk; exit 6 with its ERROR lines on failure."""
+    if not root.exists("/usr/bin/nvidia-smi") and read_record(root) is None:
+        return False
+    argv = uninstaller_argv(root)
+    if argv is None:
+        raise InstallError(f"no uninstaller: neither {UNINSTALLER} nor a cached .run in "
+                           f"{CACHE_DIR}", remedy="run `grid-agent fetch` first, then retry")
+    try:
+        runner.run(argv, timeout=timeout)
+    except HostCommandError as exc:
+        text = root.read_text(UNINSTALL_LOG, "") or ""
+        why = " | ".join(inst.error_lines(text)) or exc.message
+        raise InstallError(f"driver uninstaller failed: {why}",
+                           remedy=f"see {UNINSTALL_LOG} on the node") from exc
+    return True
+
+
+def purge_cache(root: HostRoot) -> bool:
+    """Empty the download cache (the directory itself stays)."""
+    cache = root.path(CACHE_DIR)
+    entries = list(cache.iterdir()) if cache.is_dir() else []
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return bool(entries)
+
+
+def _unload(root: HostRoot, runner: HostRunner, kit: Kit, report: UninstallReport) -> bool:
+    try:
+        # No version is wanted, so every loaded NVIDIA module counts as stale.
+        return kit.unload_stale(root, runner, want_version="")
+    except InstallError as exc:
+        report.reboot_required = exc.message
+        log.warning("modules_in_use", reason=exc.message)
+        return False
+
+
+def uninstall(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, *,
+              purge: bool) -> UninstallReport:
+    """Each step is idempotent: a second uninstall changes nothing."""
+    report = UninstallReport()
+    steps = [
+        ("unpublish", lambda: kit.unpublish(root, runner)),
+        ("stop_daemons", lambda: stop_daemons(root, runner)),
+        ("unload", lambda: _unload(root, runner, kit, report)),
+        ("uninstaller", lambda: remove_driver(root, runner, timeout=settings.install_timeout)),
+        ("record", lambda: remove_record(root)),
+    ]
+    if purge:
+        steps.append(("purge", lambda: purge_cache(root)))
+    wait = settings.wait_lock
+    with kit.lock(root, wait=wait, timeout=settings.install_timeout if wait else None):
+        for name, action in steps:
+            log.info("step_started", name=name)
+            try:
+                changed = bool(action())
+            except AgentError as exc:
+                log.error("step_failed", name=name, error=exc.line())
+                raise
+            log.info("step_finished", name=name, changed=changed)
+            if changed:
+                report.changed.append(name)
+    return report

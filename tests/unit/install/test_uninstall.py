@@ -1,0 +1,97 @@
+import pytest
+
+from agent.driver.record import read_record
+from agent.errors import HostCommandError, InstallError
+from agent.host.root import HostRoot
+from agent.host.runner import CommandResult
+from agent.install import pipeline
+from agent.install import uninstall as un
+from tests.unit.install.fakehost import FakeNode, State, settings
+
+
+class Runner:
+    """Host commands by argv prefix: rc per command, everything recorded."""
+
+    def __init__(self, rcs=None):
+        self.rcs = rcs or {}
+        self.argvs = []
+
+    def run(self, argv, *, check=True, timeout=None, **_):
+        self.argvs.append(list(argv))
+        rc = next((v for k, v in self.rcs.items() if list(argv[:len(k)]) == list(k)), 0)
+        if check and rc:
+            raise HostCommandError(argv, rc, "", "")
+        return CommandResult(tuple(argv), rc, "", "", 0.0)
+
+
+def put(root, path, text="x", mode=0o755):
+    p = root.path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    p.chmod(mode)
+
+
+@pytest.fixture
+def node(tmp_path):
+    n = FakeNode(HostRoot(tmp_path))
+    pipeline.install(settings(), n.root, object(), n.kit())
+    put(n.root, "/usr/bin/nvidia-smi")
+    return n
+
+
+def test_uninstall_with_cached_run_then_again_changes_nothing(node):
+    runner = Runner()
+    report = un.uninstall(settings(), node.root, runner, node.kit(), purge=False)
+    assert report.changed == ["unpublish", "unload", "uninstaller", "record"]
+    assert not node.state.loaded
+    run_argv = [a for a in runner.argvs if a[0] == "sh"]
+    assert run_argv == [["sh", f"/var/cache/grid-agent/{'ab' * 32}.run", "--uninstall",
+                         "--silent"]]
+    assert read_record(node.root) is None and not node.marker
+    assert "unload_stale" in node.names()
+    assert node.root.path("/var/cache/grid-agent").iterdir()  # kept without --purge
+    node.root.path("/usr/bin/nvidia-smi").unlink()  # what the uninstaller removes
+    again = un.uninstall(settings(), node.root, Runner(), node.kit(), purge=True)
+    assert again.changed == ["purge"]
+    assert list(node.root.path("/var/cache/grid-agent").iterdir()) == []
+    assert "already uninstalled" not in again.lines()[0]
+
+
+def test_prefers_the_installed_uninstaller(node):
+    put(node.root, un.UNINSTALLER)
+    runner = Runner()
+    un.uninstall(settings(), node.root, runner, node.kit(), purge=False)
+    assert [un.UNINSTALLER, "--silent"] in runner.argvs
+
+
+def test_modules_in_use_are_reported_not_forced(node):
+    def busy(root, runner, *, want_version):
+        raise InstallError("reboot required: nvidia is in use by pid 42 (python3)")
+
+    kit = node.kit().__class__(**{**node.kit().__dict__, "unload_stale": busy})
+    report = un.uninstall(settings(), node.root, Runner(), kit, purge=False)
+    assert "pid 42" in report.reboot_required
+    assert any("reboot required" in ln for ln in report.lines())
+
+
+def test_uninstaller_failure_is_exit_6_with_error_lines(node):
+    put(node.root, un.UNINSTALL_LOG, "ERROR: Failed to remove /usr/bin/nvidia-smi\n", 0o644)
+    with pytest.raises(InstallError, match="Failed to remove") as err:
+        un.uninstall(settings(), node.root, Runner({("sh",): 1}), node.kit(), purge=False)
+    assert err.value.exit_code == 6
+
+
+def test_systemd_units_are_stopped_and_disabled(node):
+    put(node.root, "/usr/bin/systemctl")
+    runner = Runner({("systemctl", "is-enabled"): 1})
+    assert un.stop_daemons(node.root, runner) is True
+    assert ["systemctl", "stop", "nvidia-gridd.service"] in runner.argvs
+    assert ["systemctl", "stop", "nvidia-persistenced.service"] in runner.argvs
+    assert not any(a[:2] == ["systemctl", "disable"] for a in runner.argvs)
+
+
+def test_nothing_installed_runs_no_uninstaller(tmp_path):
+    n = FakeNode(HostRoot(tmp_path), state=State())
+    runner = Runner()
+    report = un.uninstall(settings(), n.root, runner, n.kit(), purge=False)
+    assert report.changed == [] and runner.argvs == []
