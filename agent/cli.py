@@ -79,6 +79,45 @@ def detect_cmd(settings: Settings, as_json: bool) -> None:
         )
 
 
+_wait_lock = click.option("--wait-lock/--no-wait-lock", default=None,
+                          help=_help("wait_lock"))
+_dry_run = click.option("--dry-run", is_flag=True,
+                        help="print which steps would act and why; change nothing")
+
+
+@cli.command("install")
+@_wait_lock
+@_dry_run
+@click.pass_obj
+def install_cmd(settings: Settings, wait_lock: bool | None, dry_run: bool) -> None:
+    """Converge the node to the pinned GRID driver and hand it to the GPU Operator."""
+    from agent.install.commands import install_command
+
+    install_command(settings, wait_lock=wait_lock, dry_run=dry_run, echo=click.echo)
+
+
+@cli.command("run")
+@_wait_lock
+@_dry_run
+@click.pass_obj
+def run_cmd(settings: Settings, wait_lock: bool | None, dry_run: bool) -> None:
+    """Install in the foreground with progress and a health report, for a person."""
+    from agent.install.commands import run_command
+
+    run_command(settings, wait_lock=wait_lock, dry_run=dry_run, echo=click.echo)
+
+
+@cli.command("uninstall")
+@_wait_lock
+@click.option("--purge", is_flag=True, help="also empty the download cache")
+@click.pass_obj
+def uninstall_cmd(settings: Settings, wait_lock: bool | None, purge: bool) -> None:
+    """Remove the GPU Operator hand-off, the driver and the agent's state."""
+    from agent.install.commands import uninstall_command
+
+    uninstall_command(settings, wait_lock=wait_lock, purge=purge, echo=click.echo)
+
+
 def _not_yet(name: str, summary: str) -> None:
     @cli.command(name, help=f"{summary} (not implemented yet).",
                  context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -88,12 +127,9 @@ def _not_yet(name: str, summary: str) -> None:
 
 for _name, _summary in (
     ("fetch", "Download and verify the driver installer into the host cache"),
-    ("install", "Converge the node to the pinned GRID driver and hand it to the GPU Operator"),
-    ("run", "Install in the foreground with a health report, for a person"),
     ("watch", "Health sidecar: re-check the driver and serve probes and metrics"),
     ("check", "Run the health checks once"),
     ("probe", "Exec-probe answer from the cached verdict"),
-    ("uninstall", "Remove the driver and the GPU Operator hand-off"),
 ):
     _not_yet(_name, _summary)
 

@@ -126,8 +126,13 @@ class FakeNode:
             raise VerifyError("the nvidia kernel module is not loaded")
         if self.smi_exit:
             raise VerifyError(f"nvidia-smi exited {self.smi_exit}")
+        gpu = SimpleNamespace(pci_bus_id="00000000:00:02.0", product_name="NVIDIA RTX Pro 6000 "
+                              "Blackwell DC-4-96Q", virtualization_mode="VGPU",
+                              license_status="Licensed (Expiry: 2026-7-7 16:1:44 GMT)",
+                              mig_current="N/A")
+        report = SimpleNamespace(driver_version=module_version, gpus=[gpu])
         return SimpleNamespace(module_version=module_version, module_type=module_type,
-                               summary=lambda: "ok")
+                               report=report, summary=lambda: f"driver {module_version}")
 
     def publish(self, root, runner):
         self._call("publish")

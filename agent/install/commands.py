@@ -1,0 +1,97 @@
+"""What the `install`, `run` and `uninstall` commands do, behind the thin click layer."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+from agent.host import open_doors
+from agent.install.kit import Kit, real_kit
+from agent.install.pipeline import Outcome, install
+from agent.install.plan import format_plan, make_plan
+from agent.install.publish import inspect_handoff
+from agent.settings import Settings
+
+Echo = Callable[[str], None]
+
+
+def _with_wait(settings: Settings, wait_lock: bool | None) -> Settings:
+    return settings if wait_lock is None else dataclasses.replace(settings, wait_lock=wait_lock)
+
+
+def install_command(settings: Settings, *, wait_lock: bool | None, dry_run: bool, echo: Echo,
+                    kit: Kit | None = None) -> Outcome | None:
+    """`install`: converge quietly (logs only), or print the plan with --dry-run."""
+    settings = _with_wait(settings, wait_lock)
+    root, runner = open_doors(settings)
+    kit = kit or real_kit()
+    if dry_run:
+        echo(format_plan(make_plan(settings, root, runner, kit)))
+        return None
+    return install(settings, root, runner, kit)
+
+
+class _Progress:
+    """One line per step for a person: `[ 3] packages ... done (changed)`."""
+
+    def __init__(self, echo: Echo) -> None:
+        self.echo, self.count, self.begun = echo, 0, 0.0
+
+    def __call__(self, phase: str, name: str, changed: bool | None) -> None:
+        if phase == "started":
+            self.count += 1
+            self.begun = time.monotonic()
+            return
+        took = time.monotonic() - self.begun
+        word = "FAILED" if phase == "failed" else ("changed" if changed else "ok")
+        self.echo(f"[{self.count:2d}] {name:<13} {word:<8} {took:6.1f}s")
+
+
+def health_lines(outcome: Outcome, settings: Settings) -> list[str]:
+    """The verified driver in plain words (GPUs, licence, profile, MIG) and the hand-off."""
+    lines = []
+    result = outcome.verify
+    if result is not None:
+        lines.append(f"driver: {result.summary()}")
+        for gpu in result.report.gpus:
+            lines.append(f"  GPU {gpu.pci_bus_id}: {gpu.product_name}; "
+                         f"virtualization {gpu.virtualization_mode or 'unknown'}; "
+                         f"licence {gpu.license_status or 'unknown'}; "
+                         f"MIG {gpu.mig_current or 'N/A'}")
+    root, _ = open_doors(settings)
+    handoff = inspect_handoff(root)
+    lines.append("GPU Operator hand-off: " + ("in place (mount and marker)" if handoff.intact
+                                              else handoff.reason))
+    return lines
+
+
+def run_command(settings: Settings, *, wait_lock: bool | None, dry_run: bool, echo: Echo,
+                kit: Kit | None = None) -> Outcome | None:
+    """`run`: the install with progress lines, then a health report for a person."""
+    settings = _with_wait(settings, wait_lock)
+    root, runner = open_doors(settings)
+    kit = kit or real_kit()
+    if dry_run:
+        echo(format_plan(make_plan(settings, root, runner, kit)))
+        return None
+    outcome = install(settings, root, runner, kit, progress=_Progress(echo))
+    if outcome.outcome == "not_target":
+        echo(f"nothing to do: {outcome.reason}")
+        return outcome
+    how = "already in place (fast path)" if outcome.outcome == "fast_path" else "installed"
+    echo(f"result: driver {how} and verified")
+    for line in health_lines(outcome, settings):
+        echo(line)
+    return outcome
+
+
+def uninstall_command(settings: Settings, *, wait_lock: bool | None, purge: bool, echo: Echo,
+                      kit: Kit | None = None) -> None:
+    from agent.install.uninstall import uninstall
+
+    settings = _with_wait(settings, wait_lock)
+    root, runner = open_doors(settings)
+    report = uninstall(settings, root, runner, kit or real_kit(), purge=purge)
+    for line in report.lines():
+        echo(line)
