@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.catalog import parse_sha256
 from agent.errors import ConfigError
 from agent.pci import PciId, TargetSpec, parse_id_list
 
@@ -103,6 +104,23 @@ OPTIONS: tuple[Option, ...] = (
            "seconds the driver installer (.run) may run, and `--wait-lock` waits"),
     Option("wait_lock", "GRID_AGENT_WAIT_LOCK", parse_bool, "false",
            "wait for another grid-agent's host lock instead of exiting 8"),
+    # Driver acquisition (agent/catalog.py, agent/install/download.py).
+    Option("driver_version", "GRID_AGENT_DRIVER_VERSION", str.strip, "580.105.08-grid-azure",
+           "driver release to install (a catalog entry, or any version with a URL)"),
+    Option("driver_url", "GRID_AGENT_DRIVER_URL", str.strip, "",
+           "installer URL overriding the catalog's (e.g. an in-cluster mirror)"),
+    Option("driver_sha256", "GRID_AGENT_DRIVER_SHA256", parse_sha256, "",
+           "installer SHA-256 overriding or adding the catalog's pin"),
+    Option("allow_unverified", "GRID_AGENT_ALLOW_UNVERIFIED", parse_bool, "false",
+           "allow a driver with no pinned SHA-256 (logged as a loud warning)"),
+    Option("allow_http_mirror", "GRID_AGENT_ALLOW_HTTP_MIRROR", parse_bool, "false",
+           "allow a plain http:// GRID_AGENT_DRIVER_URL (redirects must still go to https)"),
+    Option("download_connect_timeout", "GRID_AGENT_DOWNLOAD_CONNECT_TIMEOUT", seconds, "15",
+           "seconds to wait for the download server to accept a connection"),
+    Option("download_read_timeout", "GRID_AGENT_DOWNLOAD_READ_TIMEOUT", seconds, "60",
+           "seconds without a byte from the download server before the attempt is retried"),
+    Option("download_attempts", "GRID_AGENT_DOWNLOAD_ATTEMPTS", int_at_least(1), "6",
+           "download attempts that make no progress before giving up (backoff between)"),
 )
 
 
@@ -121,6 +139,14 @@ class Settings:
     kernel_module_type: str
     install_timeout: float
     wait_lock: bool
+    driver_version: str
+    driver_url: str
+    driver_sha256: str
+    allow_unverified: bool
+    allow_http_mirror: bool
+    download_connect_timeout: float
+    download_read_timeout: float
+    download_attempts: int
 
     @property
     def target_spec(self) -> TargetSpec:
@@ -134,6 +160,10 @@ def _validate(values: dict[str, Any]) -> None:
         raise ConfigError("GRID_AGENT_INSTALL_TIMEOUT must be greater than 0")
     if values["command_timeout"] <= 0:
         raise ConfigError("GRID_AGENT_COMMAND_TIMEOUT must be greater than 0")
+    for field, env in (("download_connect_timeout", "GRID_AGENT_DOWNLOAD_CONNECT_TIMEOUT"),
+                       ("download_read_timeout", "GRID_AGENT_DOWNLOAD_READ_TIMEOUT")):
+        if values[field] <= 0:
+            raise ConfigError(f"{env} must be greater than 0")
 
 
 def build_settings(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> Settings:

@@ -1,0 +1,134 @@
+"""Known driver releases (data, not code branches) and the one release a node wants."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+import structlog
+
+from agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agent.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_VERSION = "580.105.08-grid-azure"
+# An uncatalogued version lets nvidia-installer choose (`--print-recommended-kernel-module-type`).
+UNKNOWN_MODULE_TYPE = "auto"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_MODULE_VERSION = re.compile(r"\d+(?:\.\d+)+")
+
+
+@dataclass(frozen=True)
+class Release:
+    """One installer: where it lives, what its bytes hash to, which kernel modules it builds."""
+
+    version: str
+    url: str
+    sha256: str | None
+    size: int | None
+    module_type: str
+    allow_http: bool = False  # only a configured mirror with GRID_AGENT_ALLOW_HTTP_MIRROR
+
+    @property
+    def filename(self) -> str:
+        """The cache file name: the URL's last path segment, else the NVIDIA naming."""
+        name = PurePosixPath(unquote(urlsplit(self.url).path)).name
+        if not name or name in (".", "..") or name.startswith("."):
+            return f"NVIDIA-Linux-x86_64-{self.version}.run"
+        return name
+
+
+CATALOG: dict[str, Release] = {
+    r.version: r
+    for r in (
+        # Pinned in Microsoft's public Azure install scripts (design/formats.md).
+        Release(
+            version="580.105.08-grid-azure",
+            url="https://download.microsoft.com/download/85beffdc-8361-4df4-a823-dcb1b230a7aa/"
+                "NVIDIA-Linux-x86_64-580.105.08-grid-azure.run",
+            sha256="b360c7edf0686c7e47b1dc7980baa5c7740a00eb372cfafe045a28b4456fb32b",
+            size=None,
+            module_type="proprietary",
+        ),
+    )
+}
+
+
+def parse_sha256(text: str) -> str:
+    """A settings parser: empty, or 64 hex digits (case-insensitive, stored lower-case)."""
+    value = text.strip().lower()
+    if value and not _SHA256.fullmatch(value):
+        raise ValueError("must be 64 hexadecimal digits (a SHA-256)")
+    return value
+
+
+def module_version(version: str) -> str:
+    """The kernel module's version: "580.105.08-grid-azure" -> "580.105.08"."""
+    found = _MODULE_VERSION.match(version.strip())
+    if not found:
+        raise ConfigError(f"driver version {version!r} does not start with a version number")
+    return found.group(0)
+
+
+def check_url(url: str, *, allow_http: bool) -> None:
+    """HTTPS only; plain HTTP only for a configured mirror that was explicitly allowed."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and allow_http:
+        return
+    if parts.scheme == "http":
+        raise ConfigError(f"driver URL {url} is plain HTTP; use HTTPS, or for an in-cluster "
+                          "mirror set GRID_AGENT_ALLOW_HTTP_MIRROR=true")
+    raise ConfigError(f"driver URL {url!r} is not an https:// URL")
+
+
+def _base(settings: Settings) -> Release:
+    known = CATALOG.get(settings.driver_version)
+    if known is not None:
+        return known
+    if not settings.driver_url:
+        raise ConfigError(
+            f"driver version {settings.driver_version} is not in the catalog "
+            f"(known: {', '.join(sorted(CATALOG))}); set GRID_AGENT_DRIVER_URL and "
+            "GRID_AGENT_DRIVER_SHA256 for it")
+    return Release(settings.driver_version, settings.driver_url, None, None,
+                   UNKNOWN_MODULE_TYPE)
+
+
+def _pin_sha256(release: Release, settings: Settings) -> Release:
+    wanted = settings.driver_sha256
+    if not wanted or wanted == release.sha256:
+        return release
+    if release.sha256:
+        log.warning("driver_sha256_overridden", version=release.version,
+                    catalog=release.sha256, configured=wanted)
+    return replace(release, sha256=wanted, size=None)  # the catalog size was for other bytes
+
+
+def resolve_release(settings: Settings) -> Release:
+    """The catalog entry for the pinned version, with GRID_AGENT_DRIVER_* overrides applied."""
+    release = _base(settings)
+    module_version(release.version)
+    if settings.driver_url:
+        # A mirror of a catalogued file keeps the catalog's hash: the pin protects the mirror.
+        release = replace(release, url=settings.driver_url,
+                          allow_http=settings.allow_http_mirror)
+    release = _pin_sha256(release, settings)
+    check_url(release.url, allow_http=release.allow_http)
+    if release.sha256 is None:
+        if not settings.allow_unverified:
+            raise ConfigError(
+                f"driver {release.version} has no pinned SHA-256; set GRID_AGENT_DRIVER_SHA256, "
+                "or GRID_AGENT_ALLOW_UNVERIFIED=true to run an unverified download as root")
+        log.warning("unverified_driver_download",
+                    version=release.version, url=release.url,
+                    warning="NO SHA-256 PINNED: the installer will run as root on this node "
+                            "without any integrity check")
+    return release
