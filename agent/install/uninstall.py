@@ -69,7 +69,7 @@ def stop_daemons(root: HostRoot, runner: HostRunner) -> bool:
 
 def _cached_runs(root: HostRoot) -> list[Path]:
     cache = root.path(CACHE_DIR)
-    runs = cache.glob("*.run") if cache.is_dir() else []
+    runs = cache.rglob("*.run") if cache.is_dir() else []
     return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
