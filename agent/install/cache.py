@@ -1,0 +1,110 @@
+"""The host's installer cache: `/var/cache/grid-agent/<sha256>/<filename>`, verified files only."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+import structlog
+
+from agent.errors import DownloadError
+from agent.host.root import HostRoot
+
+log = structlog.get_logger(__name__)
+
+CACHE_DIR = "/var/cache/grid-agent"
+SPARE_BYTES = 16 << 20  # headroom so the download never fills the host's disk to the byte
+STALE_PART_SECONDS = 3600  # a temp file this old belongs to a crashed run
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def cache_dir(root: HostRoot) -> Path:
+    return root.path(CACHE_DIR)
+
+
+def cached_path(root: HostRoot, sha256: str, filename: str) -> Path:
+    return cache_dir(root) / sha256 / filename
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def lookup(root: HostRoot, sha256: str, filename: str) -> Path | None:
+    """The cached file if its bytes still hash to its key; a corrupt entry is removed."""
+    path = cached_path(root, sha256, filename)
+    if not path.is_file():
+        return None
+    got = file_sha256(path)
+    if got == sha256:
+        return path
+    log.warning("cache_entry_corrupt", path=str(path), expected=sha256, got=got)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def sweep_stale_parts(directory: Path, *, now: float | None = None) -> int:
+    """Remove temp files left by a crashed run (never a concurrent run's fresh one)."""
+    now = time.time() if now is None else now
+    removed = 0
+    for part in directory.glob(".*.part"):
+        with contextlib.suppress(OSError):
+            if now - part.stat().st_mtime > STALE_PART_SECONDS:
+                part.unlink()
+                removed += 1
+    return removed
+
+
+def check_space(directory: Path, need: int) -> None:
+    """Refuse before downloading when the cache's filesystem cannot hold the file."""
+    free = shutil.disk_usage(directory).free
+    if free < need + SPARE_BYTES:
+        raise DownloadError(
+            f"not enough space for the installer in {directory}: need {need} bytes "
+            f"(+{SPARE_BYTES} spare), {free} free",
+            remedy="free space on the node's disk (the cache is /var/cache/grid-agent)")
+
+
+def no_space_error(exc: OSError, directory: Path) -> DownloadError | None:
+    if exc.errno not in _NO_SPACE:
+        return None
+    return DownloadError(f"no space left in {directory} while writing the installer "
+                         "(the partial file was removed)",
+                         remedy="free space on the node's disk and retry")
+
+
+def open_part(directory: Path, filename: str) -> tuple[BinaryIO, Path]:
+    """A fresh temp file in the cache directory, so the final rename stays on one filesystem."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".part")
+    return os.fdopen(fd, "w+b"), Path(name)
+
+
+def land(part: Path, root: HostRoot, sha256: str, filename: str) -> Path:
+    """Move a verified temp file to its key; a rename, so readers never see a torn file."""
+    final = cached_path(root, sha256, filename)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    part.chmod(0o644)
+    part.replace(final)
+    for directory in (final.parent, part.parent):
+        _fsync_dir(directory)
+    return final
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,337 @@
+"""Verified, resumable download of the driver installer into the host cache."""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import structlog
+import tenacity
+import urllib3
+
+from agent import __version__
+from agent.catalog import Release
+from agent.errors import DownloadError
+from agent.host.root import HostRoot
+from agent.install import cache
+from agent.install.progress import Meter, Progress, tty_progress
+
+if TYPE_CHECKING:
+    from agent.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+CHUNK = 1 << 20  # 1 MiB reads: few Python iterations per byte, measured in scripts/bench
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_RETRY_AFTER = 300.0  # a server asking for more than 5 minutes gets our own backoff cap
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    connect_timeout: float = 15.0
+    read_timeout: float = 60.0
+    attempts: int = 6  # attempts that make no progress; a resume after progress is free
+    chunk_size: int = CHUNK
+    progress_every: float = 5.0
+    max_redirects: int = 5
+    max_resumes: int = 100
+
+
+def download_options(settings: Settings) -> DownloadOptions:
+    return DownloadOptions(connect_timeout=settings.download_connect_timeout,
+                           read_timeout=settings.download_read_timeout,
+                           attempts=settings.download_attempts)
+
+
+class TransientError(DownloadError):
+    """Worth another attempt: connection trouble, 5xx, 408, 429."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    now = now or datetime.now(UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+class WaitRetryAfter(tenacity.wait.wait_base):
+    """The server's Retry-After when it sent one, else the fallback backoff."""
+
+    def __init__(self, fallback: tenacity.wait.wait_base) -> None:
+        self.fallback = fallback
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, TransientError) and exc.retry_after is not None:
+            return min(exc.retry_after, _MAX_RETRY_AFTER)
+        return self.fallback(retry_state)
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    wait = state.next_action.sleep if state.next_action else 0.0
+    log.warning("download_retry", attempt=state.attempt_number, wait_seconds=round(wait, 2),
+                error=str(exc))
+
+
+# The one retry policy. Tests shorten it with RETRY.copy(wait=wait_none()) or a fake sleep.
+RETRY = tenacity.Retrying(
+    retry=tenacity.retry_if_exception_type(TransientError),
+    wait=WaitRetryAfter(tenacity.wait_random_exponential(multiplier=1, max=60)),
+    stop=tenacity.stop_after_attempt(DownloadOptions.attempts),
+    before_sleep=_log_retry,
+    reraise=True,
+)
+
+
+def new_session() -> requests.Session:
+    """trust_env stays on: HTTPS_PROXY, NO_PROXY and REQUESTS_CA_BUNDLE are honoured."""
+    session = requests.Session()
+    # identity: Range offsets must count the file's own bytes, not a gzip stream's.
+    session.headers.update({"User-Agent": f"grid-agent/{__version__}",
+                            "Accept-Encoding": "identity"})
+    return session
+
+
+class _Part:
+    """The temp file and the running SHA-256 of what it holds (the only read of the bytes)."""
+
+    def __init__(self, handle: BinaryIO, path: Path, expected_size: int | None) -> None:
+        self.handle = handle
+        self.path = path
+        self.expected_size = expected_size
+        self.total: int | None = expected_size
+        self.done = 0
+        self.hasher = hashlib.sha256()
+
+    def restart(self) -> None:
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.hasher = hashlib.sha256()
+        self.done = 0
+
+    def set_total(self, total: int | None) -> None:
+        if total is None:
+            return
+        if self.expected_size is not None and total != self.expected_size:
+            raise DownloadError(f"server announces {total} bytes, the catalog says "
+                                f"{self.expected_size}")
+        self.total = total
+
+    def write(self, chunk: bytes) -> None:
+        self.handle.write(chunk)
+        self.hasher.update(chunk)
+        self.done += len(chunk)
+        if self.total is not None and self.done > self.total:
+            raise DownloadError(f"server sent more than the {self.total} bytes announced")
+
+    def finish(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+
+def _check_target(url: str, *, allow_http: bool) -> None:
+    scheme = urlsplit(url).scheme
+    if scheme == "https" or (scheme == "http" and allow_http):
+        return
+    raise DownloadError(f"refusing to download from {url}: only HTTPS is allowed"
+                        + (" for redirects" if allow_http else ""),
+                        remedy="point GRID_AGENT_DRIVER_URL at an HTTPS source")
+
+
+def _classify(resp: requests.Response, url: str) -> None:
+    code = resp.status_code
+    if code in (200, 206, 416):
+        return
+    reason = f"{code} {resp.reason or ''}".strip()
+    if code in (408, 429) or code >= 500:
+        raise TransientError(f"{url} answered {reason}",
+                             retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+    raise DownloadError(f"{url} answered {reason}",
+                        remedy="check GRID_AGENT_DRIVER_VERSION / GRID_AGENT_DRIVER_URL")
+
+
+def _get(session: requests.Session, release: Release, headers: dict[str, str],
+         opts: DownloadOptions) -> requests.Response:
+    """GET following redirects by hand, so a hop to plain HTTP is refused before it is made."""
+    url = release.url
+    for hop in range(opts.max_redirects + 1):
+        _check_target(url, allow_http=release.allow_http and hop == 0)
+        resp = session.get(url, headers=headers, stream=True, allow_redirects=False,
+                           timeout=(opts.connect_timeout, opts.read_timeout))
+        if resp.status_code in _REDIRECTS and "Location" in resp.headers:
+            resp.close()
+            url = urljoin(url, resp.headers["Location"])
+            log.debug("download_redirect", to=url)
+            continue
+        _classify(resp, url)
+        return resp
+    raise DownloadError(f"more than {opts.max_redirects} redirects from {release.url}")
+
+
+def _content_range(resp: requests.Response) -> tuple[int, int | None]:
+    value = resp.headers.get("Content-Range", "")
+    try:
+        span, _, total = value.removeprefix("bytes ").partition("/")
+        return int(span.split("-")[0]), (None if total == "*" else int(total))
+    except ValueError:
+        raise TransientError(f"unusable Content-Range {value!r}") from None
+
+
+def _length(resp: requests.Response) -> int | None:
+    value = resp.headers.get("Content-Length")
+    return int(value) if value and value.isdigit() else None
+
+
+def _position(resp: requests.Response, part: _Part) -> None:
+    """Line the temp file up with what the response body holds."""
+    if resp.status_code == 416:
+        part.restart()
+        raise TransientError("server refused the resume range; starting over")
+    if resp.status_code == 206:
+        start, total = _content_range(resp)
+        if start != part.done:
+            part.restart()
+            raise TransientError(f"server resumed at byte {start}, not {part.done}")
+        part.set_total(total)
+        return
+    if part.done:
+        log.info("download_range_ignored", discarded=part.done)
+        part.restart()
+    part.set_total(_length(resp))
+
+
+def _stream(resp: requests.Response, part: _Part, opts: DownloadOptions, meter: Meter) -> None:
+    """Body bytes straight off the socket into the file and the hash.
+
+    read1, not iter_content: iter_content fills whole chunks and loses the partial one
+    when the connection drops, so a resume would refetch up to a chunk per drop.
+    """
+    raw = resp.raw
+    while chunk := raw.read1(opts.chunk_size, decode_content=False):
+        part.write(chunk)
+        meter.update(part.done, part.total, len(chunk))
+
+
+def _one_request(session: requests.Session, release: Release, part: _Part,
+                 opts: DownloadOptions, meter: Meter) -> None:
+    headers = {"Range": f"bytes={part.done}-"} if part.done else {}
+    try:
+        with _get(session, release, headers, opts) as resp:
+            _position(resp, part)
+            if part.total is not None:
+                cache.check_space(part.path.parent, part.total - part.done)
+            _stream(resp, part, opts, meter)
+    except requests.exceptions.SSLError as exc:
+        raise DownloadError(f"TLS failure talking to {release.url}: {exc}") from None
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+            urllib3.exceptions.HTTPError) as exc:
+        raise TransientError(f"connection to {release.url} failed: {exc}") from None
+    except requests.exceptions.RequestException as exc:  # bad URL, undecodable body, ...
+        raise DownloadError(f"download from {release.url} failed: {exc}") from None
+    if part.total is not None and part.done < part.total:
+        raise TransientError(f"body ended at byte {part.done} of {part.total}")
+
+
+def _attempt(session: requests.Session, release: Release, part: _Part,
+             opts: DownloadOptions, meter: Meter) -> None:
+    """One attempt: resumes at once while each connection moves bytes; a stall is a failure."""
+    for resumes in range(opts.max_resumes + 1):
+        before = part.done
+        try:
+            _one_request(session, release, part, opts, meter)
+            return
+        except TransientError as exc:
+            if part.done <= before or resumes == opts.max_resumes:
+                raise
+            log.info("download_resuming", at=part.done, total=part.total, error=str(exc))
+
+
+def _verify(part: _Part, release: Release) -> str:
+    got = part.hasher.hexdigest()
+    if release.sha256 is not None and got != release.sha256:
+        raise DownloadError(f"SHA-256 mismatch for {release.filename}: expected "
+                            f"{release.sha256}, got {got} (the download was discarded)",
+                            remedy="check the mirror or GRID_AGENT_DRIVER_SHA256")
+    if part.total is not None and part.done != part.total:
+        raise DownloadError(f"size mismatch: expected {part.total} bytes, got {part.done}")
+    return got
+
+
+def _transfer(session: requests.Session, release: Release, root: HostRoot,
+              opts: DownloadOptions, retrying: tenacity.Retrying, meter: Meter) -> Path:
+    directory = cache.cache_dir(root)
+    handle, path = cache.open_part(directory, release.filename)
+    try:
+        with handle:
+            part = _Part(handle, path, release.size)
+            retrying.copy(stop=tenacity.stop_after_attempt(opts.attempts))(
+                _attempt, session, release, part, opts, meter)
+            part.finish()
+        got = _verify(part, release)
+        return cache.land(path, root, got, release.filename)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise cache.no_space_error(exc, directory) or DownloadError(
+            f"cannot write the installer cache {directory}: {exc}") from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def ensure_installer(release: Release, root: HostRoot, *, session: requests.Session | None = None,
+                     progress: Progress | None = None, options: DownloadOptions | None = None,
+                     retrying: tenacity.Retrying | None = None) -> Path:
+    """The verified cached `.run` (agent-visible path); downloads only on a cache miss."""
+    if release.sha256 is not None:
+        hit = cache.lookup(root, release.sha256, release.filename)
+        if hit is not None:
+            log.info("installer_cached", path=str(hit), sha256=release.sha256, changed=False)
+            return hit
+    opts = options or DownloadOptions()
+    directory = cache.cache_dir(root)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create the installer cache {directory}: {exc}") from None
+    cache.sweep_stale_parts(directory)
+    if release.size is not None:
+        cache.check_space(directory, release.size)
+    meter = Meter(release.url, every=opts.progress_every,
+                  progress=progress if progress is not None else tty_progress())
+    log.info("download_started", url=release.url, sha256=release.sha256, size=release.size)
+    own = session is None
+    session = session or new_session()
+    try:
+        path = _transfer(session, release, root, opts, retrying or RETRY, meter)
+    finally:
+        if own:
+            with contextlib.suppress(Exception):
+                session.close()
+    seconds = meter.seconds()
+    size = path.stat().st_size
+    log.info("installer_downloaded", path=str(path), bytes=size, received=meter.received,
+             seconds=round(seconds, 3), rate_bytes_per_second=round(size / seconds, 1)
+             if seconds > 0 else 0.0, changed=True)
+    return path
+

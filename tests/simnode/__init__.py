@@ -1,0 +1,1 @@
+"""The simulated node rig and the fault-injecting HTTP server."""
