@@ -118,6 +118,15 @@ def uninstall_cmd(settings: Settings, wait_lock: bool | None, purge: bool) -> No
     uninstall_command(settings, wait_lock=wait_lock, purge=purge, echo=click.echo)
 
 
+@cli.command("fetch")
+@click.pass_obj
+def fetch_cmd(settings: Settings) -> None:
+    """Download and verify the driver installer into the host cache (exit 0, or 5)."""
+    from agent.install.fetch import fetch_command
+
+    fetch_command(settings, echo=click.echo)
+
+
 def _not_yet(name: str, summary: str) -> None:
     @cli.command(name, help=f"{summary} (not implemented yet).",
                  context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -126,7 +135,6 @@ def _not_yet(name: str, summary: str) -> None:
 
 
 for _name, _summary in (
-    ("fetch", "Download and verify the driver installer into the host cache"),
     ("watch", "Health sidecar: re-check the driver and serve probes and metrics"),
     ("check", "Run the health checks once"),
     ("probe", "Exec-probe answer from the cached verdict"),

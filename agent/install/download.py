@@ -285,8 +285,14 @@ def _transfer(session: requests.Session, release: Release, root: HostRoot,
     try:
         with handle:
             part = _Part(handle, path, release.size)
-            retrying.copy(stop=tenacity.stop_after_attempt(opts.attempts))(
-                _attempt, session, release, part, opts, meter)
+            try:
+                retrying.copy(stop=tenacity.stop_after_attempt(opts.attempts))(
+                    _attempt, session, release, part, opts, meter)
+            except TransientError as exc:
+                raise DownloadError(f"gave up after {opts.attempts} attempt(s) without "
+                                    f"progress: {exc}",
+                                    remedy="check the node's network, proxy "
+                                           "(HTTPS_PROXY/NO_PROXY) and the URL") from None
             part.finish()
         got = _verify(part, release)
         return cache.land(path, root, got, release.filename)
