@@ -150,12 +150,12 @@ class _Part:
         os.fsync(self.handle.fileno())
 
 
-def _check_target(url: str, *, allow_http: bool) -> None:
+def _check_target(url: str, *, allow_http: bool, redirect: bool) -> None:
     scheme = urlsplit(url).scheme
     if scheme == "https" or (scheme == "http" and allow_http):
         return
     raise DownloadError(f"refusing to download from {url}: only HTTPS is allowed"
-                        + (" for redirects" if allow_http else ""),
+                        + (" for redirects" if redirect else ""),
                         remedy="point GRID_AGENT_DRIVER_URL at an HTTPS source")
 
 
@@ -176,7 +176,7 @@ def _get(session: requests.Session, release: Release, headers: dict[str, str],
     """GET following redirects by hand, so a hop to plain HTTP is refused before it is made."""
     url = release.url
     for hop in range(opts.max_redirects + 1):
-        _check_target(url, allow_http=release.allow_http and hop == 0)
+        _check_target(url, allow_http=release.allow_http and hop == 0, redirect=hop > 0)
         resp = session.get(url, headers=headers, stream=True, allow_redirects=False,
                            timeout=(opts.connect_timeout, opts.read_timeout))
         if resp.status_code in _REDIRECTS and "Location" in resp.headers:

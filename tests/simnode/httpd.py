@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import pytest
 
 CERTS = Path(__file__).parent / "certs"
-CA_FILE = CERTS / "loopback.crt"  # self-signed, for 127.0.0.1 only; test use
+CA_FILE = CERTS / "ca.crt"  # a throwaway test CA (its key was deleted); 127.0.0.1 only
 _CHUNK = 1 << 20
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
@@ -191,7 +191,7 @@ class FaultServer(ThreadingHTTPServer):
         self.tls = tls
         if tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(CA_FILE, CERTS / "loopback.key")
+            ctx.load_cert_chain(CERTS / "loopback.crt", CERTS / "loopback.key")
             self.socket = ctx.wrap_socket(self.socket, server_side=True)
         self.files: dict[str, Served] = {}
         self.requests: list[Seen] = []
