@@ -20,7 +20,7 @@ class Kit:
     module_version: Callable[[str], str]
     preflight: Callable[[Any, Any, Any], Any]  # run_preflight(settings, root, runner)
     headers_present: Callable[[Any, str], bool]
-    ensure_installer: Callable[..., Any]  # (release, root, *, progress) -> Path
+    ensure_installer: Callable[..., Any]  # (release, root, settings) -> agent-visible Path
     ensure_build_deps: Callable[..., bool]  # (root, runner, kernel_release, *, lock_wait)
     unload_stale: Callable[..., bool]  # (root, runner, *, want_version)
     ensure_nouveau_disabled: Callable[[Any, Any], Any]  # -> NouveauOutcome
@@ -43,6 +43,13 @@ def host_dmesg(runner: Any) -> str:
     return result.stdout if result.ok else ""
 
 
+def fetch_installer(release: Any, root: Any, settings: Any) -> Any:
+    """download.ensure_installer with the settings' timeouts and attempts."""
+    from agent.install.download import download_options, ensure_installer
+
+    return ensure_installer(release, root, options=download_options(settings))
+
+
 def real_kit() -> Kit:
     """The production bundle; imported here so `grid-agent --help` stays cheap."""
     from agent.catalog import module_version, resolve_release
@@ -51,7 +58,6 @@ def real_kit() -> Kit:
     from agent.host.udev import scan_pci
     from agent.install import installer, licensing, modules, nouveau, packages, preflight
     from agent.install import publish as handoff
-    from agent.install.download import ensure_installer
     from agent.install.verify import verify_driver
 
     return Kit(
@@ -59,7 +65,7 @@ def real_kit() -> Kit:
         module_refcnt=module_refcnt, kernel_release=preflight.host_kernel_release,
         resolve_release=resolve_release, module_version=module_version,
         preflight=preflight.run_preflight, headers_present=preflight.headers_present,
-        ensure_installer=ensure_installer, ensure_build_deps=packages.ensure_build_deps,
+        ensure_installer=fetch_installer, ensure_build_deps=packages.ensure_build_deps,
         unload_stale=modules.unload_stale,
         ensure_nouveau_disabled=nouveau.ensure_nouveau_disabled,
         recommended_type=installer.recommended_module_type,

@@ -153,7 +153,7 @@ class Flow:
     def do_download(self) -> bool:
         cache = self.root.path("/var/cache/grid-agent")
         before = set(cache.rglob("*.run")) if cache.is_dir() else set()
-        path = Path(self.kit.ensure_installer(self.pin.release, self.root))
+        path = Path(self.kit.ensure_installer(self.pin.release, self.root, self.settings))
         self.run_path = inst.host_path_of(self.root, path)
         return path not in before
 

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.install import installer as inst
+from agent.install.cache import CACHE_DIR, cached_path
 from agent.install.kit import Kit
 from agent.install.pipeline import Flow, gate, resolve_pin
 from agent.install.publish import inspect_handoff
 from agent.settings import Settings
-
-CACHE_DIR = "/var/cache/grid-agent"
 
 
 @dataclass(frozen=True)
@@ -56,6 +55,14 @@ def _installer_item(flow: Flow) -> PlanItem:
                                        f"{kind} kernel modules (-M), --silent --no-drm")
 
 
+def _download_item(flow: Flow) -> PlanItem:
+    release = flow.pin.release
+    if release.sha256 and cached_path(flow.root, release.sha256, release.filename).is_file():
+        return PlanItem("download", False, f"{release.filename} cached (sha256 checked on use)")
+    return PlanItem("download", True, f"{release.url} into {CACHE_DIR} "
+                                      f"(sha256 {release.sha256 or 'unpinned'})")
+
+
 def _full_items(flow: Flow) -> list[PlanItem]:
     root = flow.root
     flow.kernel_release = flow.kernel_release or flow.kit.kernel_release(flow.runner)
@@ -64,8 +71,7 @@ def _full_items(flow: Flow) -> list[PlanItem]:
     gridd = root.exists("/etc/nvidia/gridd.conf")
     return [
         PlanItem("preflight", False, "check OS, Secure Boot, /run propagation, headers, disk"),
-        PlanItem("download", True, f"{flow.pin.release.url} into {CACHE_DIR} unless already "
-                                   f"cached (sha256 {flow.pin.release.sha256 or 'unpinned'})"),
+        _download_item(flow),
         PlanItem("packages", not headers,
                  f"linux-headers-{flow.kernel_release} "
                  f"{'present' if headers else 'missing: apt-get install'}"),

@@ -16,6 +16,7 @@ from agent.settings import build_settings
 TARGET = PciDevice("0000:00:02.0", 0x10DE, 0x2BB5, 0x1414, 0x2187, 0x030200, None)
 H100 = PciDevice("0000:00:03.0", 0x10DE, 0x2330, 0x10DE, 0x16C1, 0x030200, None)
 VERSION = "580.105.08-grid-azure"
+RUN_PATH = f"/var/cache/grid-agent/{'ab' * 32}/NVIDIA-Linux-x86_64-{VERSION}.run"
 NVRM = ("NVRM: The NVIDIA GPU 0000:00:02.0 (PCI ID: 10de:2bb5) installed in this system "
         "requires use of the NVIDIA open kernel modules.")
 
@@ -27,6 +28,10 @@ class Release:
     sha256: str | None = "ab" * 32
     size: int | None = None
     module_type: str = "proprietary"
+
+    @property
+    def filename(self) -> str:
+        return f"NVIDIA-Linux-x86_64-{self.version}.run"
 
 
 @dataclass(frozen=True)
@@ -90,9 +95,9 @@ class FakeNode:
             raise PreflightError(self.preflight_error)
         return SimpleNamespace(kernel_release=self.kernel, os_id="ubuntu", os_version="24.04")
 
-    def ensure_installer(self, release, root, **_):
+    def ensure_installer(self, release, root, settings):
         self._call("ensure_installer")
-        path = root.path(f"/var/cache/grid-agent/{release.sha256}.run")
+        path = root.path(f"/var/cache/grid-agent/{release.sha256}/{release.filename}")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("#!/bin/sh\n")
         return path
@@ -186,5 +191,5 @@ def with_state(node: FakeNode, **changes) -> None:
     node.state = replace(node.state, **changes)
 
 
-__all__ = ["H100", "NVRM", "TARGET", "FakeNode", "Release", "State", "inst", "settings",
+__all__ = ["H100", "NVRM", "RUN_PATH", "TARGET", "FakeNode", "Release", "State", "inst", "settings",
            "with_state"]

@@ -5,7 +5,7 @@ from agent.driver.record import read_record
 from agent.errors import InstallError, PreflightError, VerifyError
 from agent.host.root import HostRoot
 from agent.install import pipeline
-from tests.unit.install.fakehost import H100, FakeNode, Release, settings
+from tests.unit.install.fakehost import H100, RUN_PATH, FakeNode, Release, settings
 
 FULL = ["preflight", "ensure_installer", "ensure_build_deps", "remove_marker", "unload_stale",
         "ensure_nouveau_disabled", "run_installer", "load_modules", "ensure_persistenced",
@@ -42,7 +42,7 @@ def test_fresh_install_runs_every_step_in_order_and_records(node):
         out = install(node)
     assert out.outcome == "installed"
     assert node.names() == FULL
-    assert node.calls[6] == ("run_installer", f"/var/cache/grid-agent/{'ab' * 32}.run",
+    assert node.calls[6] == ("run_installer", RUN_PATH,
                              "proprietary")
     assert [n for ev, n in step_events(logs) if ev == "step_started"] == STEPS
     finished = {e["name"]: e["changed"] for e in logs if e["event"] == "step_finished"}
@@ -131,7 +131,7 @@ def test_proprietary_strict_refuses_the_fallback(node):
 
 def test_auto_asks_the_installer(node):
     install(node, kernel_module_type="auto")
-    assert ("run_installer", f"/var/cache/grid-agent/{'ab' * 32}.run", "open") in node.calls
+    assert ("run_installer", RUN_PATH, "open") in node.calls
     assert "recommended_type" in node.names()
 
 

@@ -6,7 +6,7 @@ from agent.host.root import HostRoot
 from agent.host.runner import CommandResult
 from agent.install import pipeline
 from agent.install import uninstall as un
-from tests.unit.install.fakehost import FakeNode, State, settings
+from tests.unit.install.fakehost import RUN_PATH, FakeNode, State, settings
 
 
 class Runner:
@@ -45,7 +45,7 @@ def test_uninstall_with_cached_run_then_again_changes_nothing(node):
     assert report.changed == ["unpublish", "unload", "uninstaller", "record"]
     assert not node.state.loaded
     run_argv = [a for a in runner.argvs if a[0] == "sh"]
-    assert run_argv == [["sh", f"/var/cache/grid-agent/{'ab' * 32}.run", "--uninstall",
+    assert run_argv == [["sh", RUN_PATH, "--uninstall",
                          "--silent"]]
     assert read_record(node.root) is None and not node.marker
     assert "unload_stale" in node.names()
