@@ -1,0 +1,119 @@
+import pytest
+
+from agent.errors import HostCommandError, VerifyError
+from agent.host.root import HostRoot
+from agent.host.runner import CommandResult
+from agent.install.verify import SMI_PATH, verify_driver
+
+XML = """<?xml version="1.0" ?>
+<nvidia_smi_log>
+  <driver_version>{version}</driver_version>
+  <cuda_version>13.0</cuda_version>
+  <attached_gpus>1</attached_gpus>
+  <gpu id="00000000:00:02.0">
+    <product_name>NVIDIA RTX Pro 6000 Blackwell DC-4-96Q</product_name>
+    <mig_mode><current_mig>N/A</current_mig><pending_mig>N/A</pending_mig></mig_mode>
+    <gpu_virtualization_mode><virtualization_mode>VGPU</virtualization_mode>
+      <host_vgpu_mode>N/A</host_vgpu_mode></gpu_virtualization_mode>
+    <vgpu_software_licensed_product>
+      <licensed_product_name>NVIDIA RTX Virtual Workstation</licensed_product_name>
+      <license_status>Licensed (Expiry: 2026-7-7 16:1:44 GMT)</license_status>
+    </vgpu_software_licensed_product>
+    <pci><pci_device_id>2BB510DE</pci_device_id><pci_sub_system_id>21871414</pci_sub_system_id>
+    </pci>
+  </gpu>
+</nvidia_smi_log>
+"""
+PROPRIETARY = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  {v}  Wed Oct 29 2025\n"
+OPEN = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  {v}  Release Build  (dvs)\n"
+
+
+class SmiRunner:
+    """Plays the host's nvidia-smi: the table (exit code per test) and the XML."""
+
+    def __init__(self, *, rc=0, version="580.105.08"):
+        self.rc, self.version, self.argvs = rc, version, []
+
+    def run(self, argv, *, check=True, **_):
+        self.argvs.append(list(argv))
+        out = XML.format(version=self.version) if "-x" in argv else "| NVIDIA-SMI 580.105.08 |\n"
+        if check and self.rc:
+            raise HostCommandError(argv, self.rc, out, "")
+        return CommandResult(tuple(argv), self.rc, out, "", 0.01)
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = HostRoot(tmp_path)
+    smi = r.path(SMI_PATH)
+    smi.parent.mkdir(parents=True)
+    smi.write_text("#!/bin/sh\n")
+    smi.chmod(0o755)
+    load(r)
+    return r
+
+
+def load(root, version="580.105.08", flavour=PROPRIETARY):
+    mod = root.path("/sys/module/nvidia")
+    mod.mkdir(parents=True, exist_ok=True)
+    (mod / "version").write_text(version + "\n")
+    (mod / "refcnt").write_text("0\n")
+    (mod / "holders").mkdir(exist_ok=True)
+    drv = root.path("/proc/driver/nvidia")
+    drv.mkdir(parents=True, exist_ok=True)
+    (drv / "version").write_text(flavour.format(v=version))
+
+
+def verify(root, runner, module_type="proprietary"):
+    return verify_driver(root, runner, module_version="580.105.08", module_type=module_type)
+
+
+def test_healthy_driver_verifies(root):
+    runner = SmiRunner()
+    result = verify(root, runner)
+    assert result.report.driver_version == "580.105.08"
+    assert len(result.report.gpus) == 1
+    assert "580.105.08 (proprietary modules), 1 GPU(s)" in result.summary()
+    assert next(a for a in runner.argvs if a[0] == "nvidia-smi") == ["nvidia-smi"]
+
+
+def test_smi_exit_14_fails_like_the_validator(root):
+    with pytest.raises(VerifyError, match="nvidia-smi exited 14") as err:
+        verify(root, SmiRunner(rc=14))
+    assert err.value.exit_code == 7
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "not-executable"])
+def test_smi_binary_must_be_a_non_empty_executable(root, problem):
+    smi = root.path(SMI_PATH)
+    if problem == "missing":
+        smi.unlink()
+    elif problem == "empty":
+        smi.write_text("")
+    else:
+        smi.chmod(0o644)
+    with pytest.raises(VerifyError, match="/usr/bin/nvidia-smi"):
+        verify(root, SmiRunner())
+
+
+def test_wrong_loaded_version(root):
+    load(root, version="570.86.16")
+    with pytest.raises(VerifyError, match=r"loaded nvidia module is 570\.86\.16"):
+        verify(root, SmiRunner())
+
+
+def test_wrong_module_type(root):
+    load(root, flavour=OPEN)
+    with pytest.raises(VerifyError, match="open flavour"):
+        verify(root, SmiRunner())
+    assert verify(root, SmiRunner(), module_type="open").module_type == "open"
+
+
+def test_not_loaded(tmp_path):
+    with pytest.raises(VerifyError, match="not loaded"):
+        verify(HostRoot(tmp_path), SmiRunner())
+
+
+def test_smi_reporting_another_version(root):
+    with pytest.raises(VerifyError, match=r"reports driver 580\.1,"):
+        verify(root, SmiRunner(version="580.1"))
