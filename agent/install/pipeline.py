@@ -82,6 +82,7 @@ class Flow:
     run_path: str = ""  # the .run by its host path
     module_type: str = ""
     force_install: bool = False
+    install_reason: str | None = None  # why the installer must run; None: built already
     fast: bool = False
     verified: Any = None
     started: float = field(default_factory=time.monotonic)
@@ -166,8 +167,11 @@ class Flow:
         # From here on the driver may change: withdraw the hand-off first, so no operator
         # pod trusts a marker while verification of the new driver has not passed.
         withdrawn = self.kit.remove_marker(self.root)
-        unloaded = self.kit.unload_stale(self.root, self.runner,
-                                         want_version=self.pin.module_version)
+        self.install_reason = self.installed_on_disk()
+        # The installer cannot replace a loaded module, even one of the same version (a
+        # module type change, a rebuild): then no loaded version is wanted ("").
+        want = "" if self.install_reason else self.pin.module_version
+        unloaded = self.kit.unload_stale(self.root, self.runner, want_version=want)
         return withdrawn or unloaded
 
     def do_nouveau(self) -> bool:
@@ -239,7 +243,7 @@ def _requires_open(flow: Flow, exc: AgentError) -> bool:
 
 def _install_and_load(flow: Flow) -> None:
     """Installer then load; a requires-open failure of proprietary retries once with open."""
-    why = flow.installed_on_disk()
+    why = flow.install_reason
     if why is None:
         flow.step("installer", lambda: False)
         flow.step("load", lambda: flow.kit.load_modules(flow.root, flow.runner))

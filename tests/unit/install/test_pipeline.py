@@ -181,3 +181,14 @@ def test_progress_sees_each_step(node):
     pipeline.install(settings(), node.root, object(), node.kit(),
                      progress=lambda phase, name, changed: seen.append((phase, name)))
     assert [n for p, n in seen if p == "started"] == STEPS
+
+
+def test_module_type_change_unloads_the_same_version_before_reinstalling(node):
+    install(node)
+    assert node.state.module_type == "proprietary"
+    node.calls.clear()
+    assert install(node, kernel_module_type="open").outcome == "installed"
+    names = node.names()
+    assert names.index("unload_stale") < names.index("run_installer")
+    assert node.state.module_type == "open"
+    assert read_record(node.root).module_type == "open"
