@@ -33,9 +33,9 @@ def _handoff_item(root: HostRoot) -> PlanItem:
 
 def _stale_item(flow: Flow) -> PlanItem:
     state = flow.kit.module_state(flow.root)
-    want = flow.pin.module_version
-    if not state.loaded or state.version == want:
-        return PlanItem("stale_unload", False, "no other NVIDIA driver loaded")
+    rebuild = flow.installed_on_disk() is not None
+    if not state.loaded or (state.version == flow.pin.module_version and not rebuild):
+        return PlanItem("stale_unload", False, "no NVIDIA module in the installer's way")
     users = f"refcnt {state.refcnt}" + (f", holders {', '.join(state.holders)}"
                                         if state.holders else "")
     return PlanItem("stale_unload", True,
