@@ -121,6 +121,13 @@ OPTIONS: tuple[Option, ...] = (
            "seconds without a byte from the download server before the attempt is retried"),
     Option("download_attempts", "GRID_AGENT_DOWNLOAD_ATTEMPTS", int_at_least(1), "6",
            "download attempts that make no progress before giving up (backoff between)"),
+    # Host preparation (agent/install/preflight.py, packages.py).
+    Option("dpkg_lock_wait", "GRID_AGENT_DPKG_LOCK_WAIT", seconds, "300",
+           "seconds apt-get waits for the host's dpkg lock (unattended-upgrades at boot)"),
+    Option("min_free_mb", "GRID_AGENT_MIN_FREE_MB", int_at_least(0), "1024",
+           "free MiB required on each host filesystem the install writes to"),
+    Option("allow_unsupported_os", "GRID_AGENT_ALLOW_UNSUPPORTED_OS", parse_bool, "false",
+           "install on a host OS other than Ubuntu 22.04/24.04 (logged as a warning)"),
 )
 
 
@@ -147,6 +154,9 @@ class Settings:
     download_connect_timeout: float
     download_read_timeout: float
     download_attempts: int
+    dpkg_lock_wait: float
+    min_free_mb: int
+    allow_unsupported_os: bool
 
     @property
     def target_spec(self) -> TargetSpec:
