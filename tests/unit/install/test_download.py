@@ -43,6 +43,7 @@ def trust_test_ca(monkeypatch):
     # requests lets REQUESTS_CA_BUNDLE beat session.verify; it is how a mirror's CA is given.
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(CA_FILE))
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # a CI proxy must not see loopback tests
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ def mirror(http_server, monkeypatch, tmp_path):
                        "ALLOW_HTTP_MIRROR": "true", "DOWNLOAD_READ_TIMEOUT": "5",
                        "LOG_FORMAT": "json"}.items():
         monkeypatch.setenv(f"GRID_AGENT_{key}", value)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     return ["--no-nsenter", "--host-root", str(tmp_path / "host"), "fetch"]
 
 
