@@ -314,3 +314,9 @@ def test_parse_retry_after(value, seconds):
 
     now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC)
     assert parse_retry_after(value, now=now) == seconds
+
+
+def test_a_huge_retry_after_is_capped(http_server, fetch, slept):
+    release = served(http_server, Reply.status(429, retry_after="86400"))
+    fetch(release)
+    assert slept == [300.0]
