@@ -39,6 +39,8 @@ class Meter:
         now = self.clock()
         if now - self.last >= self.every:
             self.last = now
+            # On a terminal the bar owns the line: end it so the log line starts clean.
+            getattr(self.progress, "break_line", lambda: None)()
             log.info("download_progress", bytes=done, total=total,
                      rate_bytes_per_second=_rate(self.received, now - self.started))
 
@@ -56,6 +58,7 @@ class TtyBar:
         self.clock = clock
         self.started = clock()
         self.drawn = 0.0
+        self.open = False  # a bar is drawn and its line not ended
 
     def __call__(self, done: int, total: int | None) -> None:
         now = self.clock()
@@ -70,9 +73,17 @@ class TtyBar:
         else:
             text = f"{done / _MIB:.1f} MiB"
         self.stream.write(f"\r{text}  {rate:.1f} MiB/s")
-        if done == total:
+        self.open = done != total
+        if not self.open:
             self.stream.write("\n")
         self.stream.flush()
+
+    def break_line(self) -> None:
+        """End a half-drawn bar's line (before a log line is printed under it)."""
+        if self.open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open = False
 
 
 def tty_progress(stream: TextIO | None = None) -> Progress | None:

@@ -51,3 +51,19 @@ def test_tty_bar_draws_in_place_and_ends_the_line():
 def test_bar_only_on_a_terminal():
     assert tty_progress(io.StringIO()) is None
     assert isinstance(tty_progress(Tty()), TtyBar)
+
+
+def test_a_log_event_ends_the_bar_line_first():
+    stream, clock = Tty(), Clock()
+    bar = TtyBar(stream, width=4, clock=clock)
+    meter = Meter("https://x/d.run", every=5.0, progress=bar, clock=clock)
+    with capture_logs():
+        clock.now += 1
+        meter.update(1, 4, 1)
+        clock.now += 5
+        meter.update(2, 4, 1)
+        clock.now += 1
+        meter.update(4, 4, 2)
+    assert stream.getvalue().count("\n") == 2  # one before the log line, one at the end
+    bar.break_line()
+    assert stream.getvalue().count("\n") == 2
