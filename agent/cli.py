@@ -134,12 +134,37 @@ def _not_yet(name: str, summary: str) -> None:
         raise NotImplementedYet(f"`grid-agent {name}` is not implemented yet")
 
 
-for _name, _summary in (
-    ("watch", "Health sidecar: re-check the driver and serve probes and metrics"),
-    ("check", "Run the health checks once"),
-    ("probe", "Exec-probe answer from the cached verdict"),
-):
+for _name, _summary in ():
     _not_yet(_name, _summary)
+
+
+@cli.command("check")
+@click.option("--json", "as_json", is_flag=True, help="print the verdict as JSON")
+@click.pass_obj
+def check_cmd(settings: Settings, as_json: bool) -> None:
+    """Run the health checks once (exit 0 healthy, warnings allowed; 9 unhealthy)."""
+    from agent.health.commands import check_command
+
+    check_command(settings, as_json=as_json, echo=click.echo)
+
+
+@cli.command("watch")
+@click.pass_obj
+def watch_cmd(settings: Settings) -> None:
+    """Health sidecar: re-check the driver, self-heal the hand-off, serve probes and metrics."""
+    from agent.health.commands import watch_command
+
+    watch_command(settings)
+
+
+@cli.command("probe")
+@click.argument("kind", type=click.Choice(["live", "ready"]))
+@click.pass_obj
+def probe_cmd(settings: Settings, kind: str) -> None:
+    """Exec-probe answer from the verdict file `watch` writes (exit 0, or 9)."""
+    from agent.health.commands import probe_command
+
+    probe_command(settings, kind, echo=click.echo)
 
 
 def termination_log_path(environ: Mapping[str, str]) -> Path | None:

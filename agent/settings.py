@@ -59,6 +59,17 @@ def seconds(text: str) -> float:
     return value
 
 
+def host_port(text: str) -> tuple[str, int] | None:
+    """`0.0.0.0:9402` -> ("0.0.0.0", 9402); "" or "off" -> None (no server)."""
+    value = text.strip()
+    if value.lower() in ("", "off"):
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("must be HOST:PORT with a port 0..65535 (e.g. 0.0.0.0:9402), or off")
+    return host.strip("[]"), int(port)
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: its field, its variable, its flag (if global), parser, default, help."""
@@ -128,6 +139,22 @@ OPTIONS: tuple[Option, ...] = (
            "free MiB required on each host filesystem the install writes to"),
     Option("allow_unsupported_os", "GRID_AGENT_ALLOW_UNSUPPORTED_OS", parse_bool, "false",
            "install on a host OS other than Ubuntu 22.04/24.04 (logged as a warning)"),
+    # Health (agent/health/: check, watch, probe).
+    Option("expected_profile", "GRID_AGENT_EXPECTED_PROFILE", str.strip, "",
+           "vGPU profile the GPUs must report (e.g. DC-4-96Q or the full product name); "
+           "empty accepts any RTX Pro 6000 DC-* profile"),
+    Option("mig_policy", "GRID_AGENT_MIG_POLICY", choice("warn", "fail"), "warn",
+           "what MIG mode other than Enabled is: a warning or a failure"),
+    Option("license_warn_days", "GRID_AGENT_LICENSE_WARN_DAYS", seconds, "7",
+           "warn when the vGPU licence expires within this many days"),
+    Option("check_timeout", "GRID_AGENT_CHECK_TIMEOUT", seconds, "45",
+           "seconds one health check cycle may take before it is cut and reported"),
+    Option("listen", "GRID_AGENT_LISTEN", host_port, "0.0.0.0:9402",
+           "HOST:PORT for /livez /readyz /status /metrics in `watch`, or off"),
+    Option("verdict_file", "GRID_AGENT_VERDICT_FILE", Path, "/run/grid-agent-pod/verdict.json",
+           "the cached verdict `watch` writes and `probe` reads (in the pod's filesystem)"),
+    Option("self_heal", "GRID_AGENT_SELF_HEAL", parse_bool, "true",
+           "let `watch` restore the GPU Operator hand-off (marker, mount) of a healthy driver"),
 )
 
 
@@ -157,6 +184,13 @@ class Settings:
     dpkg_lock_wait: float
     min_free_mb: int
     allow_unsupported_os: bool
+    expected_profile: str
+    mig_policy: str
+    license_warn_days: float
+    check_timeout: float
+    listen: tuple[str, int] | None
+    verdict_file: Path
+    self_heal: bool
 
     @property
     def target_spec(self) -> TargetSpec:
@@ -168,6 +202,8 @@ def _validate(values: dict[str, Any]) -> None:
         raise ConfigError("GRID_AGENT_TARGET_PCI_IDS must name at least one vendor:device id")
     if values["install_timeout"] <= 0:
         raise ConfigError("GRID_AGENT_INSTALL_TIMEOUT must be greater than 0")
+    if values["check_timeout"] <= 0:
+        raise ConfigError("GRID_AGENT_CHECK_TIMEOUT must be greater than 0")
     if values["command_timeout"] <= 0:
         raise ConfigError("GRID_AGENT_COMMAND_TIMEOUT must be greater than 0")
     for field, env in (("download_connect_timeout", "GRID_AGENT_DOWNLOAD_CONNECT_TIMEOUT"),

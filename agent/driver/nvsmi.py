@@ -16,6 +16,7 @@ log = structlog.get_logger(__name__)
 SMI = "nvidia-smi"
 _ROOT_TAG = "nvidia_smi_log"
 _XML_START = re.compile(r"<\?xml|<!DOCTYPE|<nvidia_smi_log\b")
+_PROFILE = re.compile(r"\bDC-\d+-\d+[A-Z]+$", re.IGNORECASE)
 
 
 class NvsmiParseError(ValueError):
@@ -67,6 +68,12 @@ def pci_slot(bus_id: str) -> str:
         return bus_id.strip().lower()
     dom, bus, dev, fn = (int(part, 16) for part in found.groups())
     return f"{dom:04x}:{bus:02x}:{dev:02x}.{fn:x}"
+
+
+def profile_of(product_name: str | None) -> str | None:
+    """The vGPU profile in a product name: `NVIDIA RTX Pro 6000 Blackwell DC-4-96Q` -> DC-4-96Q."""
+    found = _PROFILE.search((product_name or "").strip())
+    return found.group(0).upper() if found else None
 
 
 def _text(node: ET.Element | None, path: str) -> str | None:

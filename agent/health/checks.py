@@ -1,0 +1,234 @@
+"""The health checks: pure functions from one Observation to named results."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from agent.driver.license import classify_license
+from agent.driver.nvsmi import GpuReport, NvsmiReport, profile_of
+from agent.health.observe import Observation
+from agent.health.verdict import FAIL, OK, SKIP, WARN, CheckResult
+
+# Any DC-* profile of the RTX Pro 6000 (Azure names it "NVIDIA RTX Pro 6000 Blackwell DC-4-96Q").
+DEFAULT_PROFILE = re.compile(r"RTX PRO 6000\b.*\bDC-\d+-\d+[A-Z]+$", re.IGNORECASE)
+# The checks whose success means "the driver works" (what install's verify requires).
+DRIVER_CHECKS = ("driver_loaded", "nvidia_smi", "gpus")
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    module_version: str  # e.g. 580.105.08 (catalog.module_version of the pinned release)
+    expected_profile: str = ""  # "" accepts any DC-* profile; else a name or a DC-x-yQ token
+    mig_policy: str = "warn"  # warn | fail when MIG is not Enabled
+    license_warn_days: float = 7.0
+    now: datetime | None = None  # for tests; None means the wall clock
+
+    def clock(self) -> datetime:
+        return self.now or datetime.now(UTC)
+
+
+def _r(name: str, status: str, reason: str, **details: object) -> CheckResult:
+    return CheckResult(name, status, reason, dict(details))
+
+
+def _report(obs: Observation) -> NvsmiReport | None:
+    return obs.smi.report if obs.smi else None
+
+
+def _target_gpus(obs: Observation) -> list[GpuReport]:
+    report = _report(obs)
+    if report is None:
+        return []
+    return [g for g in report.gpus if g.slot in obs.targets] or list(report.gpus)
+
+
+def check_driver_loaded(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    mod = obs.module
+    if not mod.loaded:
+        return _r("driver_loaded", FAIL, "the nvidia kernel module is not loaded",
+                  nouveau_loaded=mod.nouveau_loaded)
+    if mod.version != cfg.module_version:
+        return _r("driver_loaded", FAIL,
+                  f"loaded nvidia module is {mod.version}, expected {cfg.module_version}",
+                  version=mod.version, expected=cfg.module_version)
+    return _r("driver_loaded", OK, f"nvidia {mod.version} loaded", version=mod.version,
+              refcnt=mod.refcnt)
+
+
+def check_module_type(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    installed = obs.record.module_type if obs.record else None
+    loaded = obs.module.module_type
+    if installed is None:
+        return _r("module_type", SKIP, "no install record to compare with", loaded=loaded)
+    if loaded is None:
+        return _r("module_type", SKIP, "loaded module type unknown", installed=installed)
+    if loaded != installed:
+        return _r("module_type", FAIL,
+                  f"the {loaded} module is loaded but {installed} was installed",
+                  loaded=loaded, installed=installed)
+    return _r("module_type", OK, f"{loaded} kernel modules, as installed", loaded=loaded)
+
+
+def check_nvidia_smi(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    smi = obs.smi
+    if smi is None:
+        return _r("nvidia_smi", SKIP, "not run")
+    if smi.exit_code != 0:
+        return _r("nvidia_smi", FAIL, smi.reason or f"nvidia-smi exited {smi.exit_code}",
+                  exit_code=smi.exit_code)
+    return _r("nvidia_smi", OK, "nvidia-smi exits 0", exit_code=0)
+
+
+def check_gpus(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    report = _report(obs)
+    if report is None:
+        why = obs.smi.reason if obs.smi else "nvidia-smi not run"
+        return _r("gpus", FAIL, f"no nvidia-smi -q -x report: {why}")
+    listed = {g.slot for g in report.gpus}
+    missing = [slot for slot in obs.targets if slot not in listed]
+    if missing:
+        return _r("gpus", FAIL, f"target GPU(s) {', '.join(missing)} not listed by nvidia-smi",
+                  missing=missing, listed=sorted(listed))
+    if report.driver_version != cfg.module_version:
+        return _r("gpus", FAIL, f"nvidia-smi reports driver {report.driver_version}, "
+                  f"expected {cfg.module_version}", driver_version=report.driver_version)
+    return _r("gpus", OK, f"{len(obs.targets)} target GPU(s) listed, driver "
+              f"{report.driver_version}", listed=sorted(listed))
+
+
+def _per_gpu(name: str, obs: Observation, judge: Callable[[GpuReport], tuple[str, str]],
+             ok_reason: str) -> CheckResult:
+    """Judge each target GPU; the worst status wins and every bad GPU is named."""
+    gpus = _target_gpus(obs)
+    if not gpus:
+        return _r(name, SKIP, "no GPU report")
+    results = {g.pci_bus_id: judge(g) for g in gpus}
+    order = (FAIL, WARN, OK)
+    worst = min((status for status, _ in results.values()), key=order.index)
+    if worst == OK:
+        return _r(name, OK, ok_reason, gpus={k: v[1] for k, v in results.items()})
+    bad = [f"{bus}: {why}" for bus, (status, why) in results.items() if status == worst]
+    return _r(name, worst, "; ".join(bad) if len(gpus) > 1 else bad[0].split(": ", 1)[1],
+              gpus={k: v[1] for k, v in results.items()})
+
+
+def check_virtualization(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    def judge(g: GpuReport) -> tuple[str, str]:
+        mode = g.virtualization_mode or "unknown"
+        return (OK, mode) if mode == "VGPU" else (FAIL, f"virtualization mode {mode}, not VGPU")
+    return _per_gpu("virtualization", obs, judge, "vGPU guest")
+
+
+def profile_matches(product_name: str | None, expected: str) -> bool:
+    name = (product_name or "").strip()
+    if not expected:
+        return bool(DEFAULT_PROFILE.search(name))
+    want = expected.strip()
+    return name.lower() == want.lower() or (profile_of(name) or "") == want.upper()
+
+
+def check_profile(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    wanted = cfg.expected_profile or "any RTX Pro 6000 DC-* profile"
+
+    def judge(g: GpuReport) -> tuple[str, str]:
+        name = g.product_name or "unknown"
+        if profile_matches(g.product_name, cfg.expected_profile):
+            return OK, name
+        return FAIL, f"profile {name!r}, expected {wanted}"
+    return _per_gpu("profile", obs, judge, f"profile matches {wanted}")
+
+
+def check_license(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    now = cfg.clock()
+
+    def judge(g: GpuReport) -> tuple[str, str]:
+        lic = classify_license(g.license_status)
+        if not lic.licensed:
+            return FAIL, f"not licensed ({lic.raw or 'no licence status'})"
+        if lic.expiry is None:
+            return OK, lic.raw or "Licensed"
+        left = lic.expiry - now
+        if left <= timedelta(0):
+            return WARN, f"licence expiry {lic.expiry.isoformat()} has passed"
+        if left < timedelta(days=cfg.license_warn_days):
+            return WARN, f"licence expires in {left.total_seconds() / 86400:.1f} days"
+        return OK, lic.raw or "Licensed"
+    return _per_gpu("license", obs, judge, "licensed")
+
+
+def check_mig(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    def judge(g: GpuReport) -> tuple[str, str]:
+        current, pending = g.mig_current or "unknown", g.mig_pending or "unknown"
+        if current != "Enabled":
+            bad = FAIL if cfg.mig_policy == "fail" else WARN
+            return bad, f"MIG mode {current}, expected Enabled (mig.strategy=single)"
+        if pending != current:
+            return WARN, f"MIG mode {current}, {pending} pending a GPU reset"
+        return OK, "Enabled"
+    return _per_gpu("mig", obs, judge, "MIG enabled")
+
+
+def check_gridd(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    if obs.gridd == "active":
+        return _r("gridd", OK, "nvidia-gridd active")
+    if not obs.gridd_unit:
+        return _r("gridd", FAIL, "nvidia-gridd.service is not installed (the vGPU stays "
+                  "unlicensed)", state=obs.gridd)
+    return _r("gridd", FAIL, f"nvidia-gridd is {obs.gridd}", state=obs.gridd)
+
+
+def check_persistence(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    modes = {g.pci_bus_id: g.persistence_mode for g in _target_gpus(obs)}
+    if modes and all(m == "Enabled" for m in modes.values()):
+        return _r("persistence", OK, "persistence mode enabled", gpus=modes)
+    if obs.persistenced == "active":
+        return _r("persistence", OK, "nvidia-persistenced active", gpus=modes)
+    return _r("persistence", WARN, f"persistence mode not enabled and nvidia-persistenced "
+              f"is {obs.persistenced or 'unknown'}", gpus=modes)
+
+
+def check_graphics(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    profiles = {profile_of(g.product_name) for g in _target_gpus(obs)}
+    if not any(p and p.endswith("Q") for p in profiles):
+        return _r("graphics", SKIP, "not a Q-series (RTX Virtual Workstation) profile")
+    missing = [what for what, found in (("Vulkan ICD nvidia_icd.json", obs.vulkan_icd),
+                                        ("libGLX_nvidia.so.0", obs.glx_lib)) if found is None]
+    if missing:
+        return _r("graphics", WARN, f"missing on the host: {', '.join(missing)} "
+                  "(Vulkan/OpenGL apps such as Isaac Sim need them)", missing=missing)
+    return _r("graphics", OK, "Vulkan ICD and GLX library present",
+              vulkan_icd=obs.vulkan_icd, glx_lib=obs.glx_lib)
+
+
+def check_handoff(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    handoff = obs.handoff
+    if handoff is None:
+        return _r("handoff", SKIP, "not inspected")
+    details = {"marker_present": handoff.marker_present, "marker_valid": handoff.marker_valid,
+               "mounted": handoff.mounted}
+    if handoff.intact:
+        return _r("handoff", OK, handoff.reason, **details)
+    return _r("handoff", FAIL, handoff.reason, **details)
+
+
+CHECKS: tuple[Callable[[Observation, HealthConfig], CheckResult], ...] = (
+    check_driver_loaded, check_module_type, check_nvidia_smi, check_gpus, check_virtualization,
+    check_profile, check_license, check_mig, check_gridd, check_persistence, check_graphics,
+    check_handoff,
+)
+
+
+def run_checks(obs: Observation, cfg: HealthConfig) -> tuple[CheckResult, ...]:
+    """Every check, in a fixed order; a node without a target GPU has none to run."""
+    if not obs.targets:
+        return (_r("pci", SKIP, "no target GPU on this node: nothing to check"),)
+    return tuple(check(obs, cfg) for check in CHECKS)
+
+
+def driver_healthy(checks: tuple[CheckResult, ...]) -> bool:
+    """The driver works as install's verify requires (the hand-off may be restored)."""
+    by_name = {c.name: c.status for c in checks}
+    return all(by_name.get(name) == OK for name in DRIVER_CHECKS)

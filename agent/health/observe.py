@@ -1,0 +1,109 @@
+"""Gather what one check cycle looks at: files first (free), then a few host commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from agent.driver.license import classify_license
+from agent.driver.nvsmi import GpuReport, SmiOutcome, profile_of, run_smi
+from agent.driver.record import InstallRecord, read_record
+from agent.driver.state import ModuleState, read_module_state
+from agent.errors import HostCommandError
+from agent.host.root import HostRoot
+from agent.host.runner import HostRunner
+from agent.install.publish import Handoff, inspect_handoff
+from agent.pci import PciDevice, TargetSpec, detect
+
+log = structlog.get_logger(__name__)
+
+UNIT_DIRS = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
+GRIDD_UNITS = tuple(f"{d}/nvidia-gridd.service" for d in UNIT_DIRS)
+VULKAN_ICDS = ("/usr/share/vulkan/icd.d/nvidia_icd.json", "/etc/vulkan/icd.d/nvidia_icd.json")
+GLX_LIBS = ("/usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.0", "/usr/lib64/libGLX_nvidia.so.0",
+            "/usr/lib/libGLX_nvidia.so.0", "/lib/x86_64-linux-gnu/libGLX_nvidia.so.0")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The node as seen in one cycle; checks are pure functions of this and the settings."""
+
+    targets: tuple[str, ...]  # target PCI slots, e.g. ("0000:00:02.0",)
+    module: ModuleState
+    smi: SmiOutcome | None  # None when nvidia-smi was not asked (no target)
+    handoff: Handoff | None
+    record: InstallRecord | None
+    gridd: str  # `systemctl is-active nvidia-gridd`: active | inactive | failed | ...
+    gridd_unit: bool  # nvidia-gridd.service exists on the host
+    persistenced: str  # `systemctl is-active nvidia-persistenced`
+    vulkan_icd: str | None  # the host path found, or None
+    glx_lib: str | None
+
+
+def first_present(root: HostRoot, paths: Sequence[str]) -> str | None:
+    return next((p for p in paths if root.exists(p)), None)
+
+
+def unit_state(runner: HostRunner, unit: str, *, timeout: float) -> str:
+    """The unit's `systemctl is-active` word; exit 3 (inactive) is an answer, not an error."""
+    try:
+        result = runner.run(["systemctl", "is-active", unit], check=False, timeout=timeout)
+    except HostCommandError as exc:
+        return f"unknown ({exc.message})"
+    words = result.stdout.split()
+    return words[0] if words else f"unknown (exit {result.returncode})"
+
+
+def target_slots(scan_pci: Callable[[], Sequence[PciDevice]], spec: TargetSpec) -> tuple[str, ...]:
+    return tuple(d.slot for d in detect(list(scan_pci()), spec).targets)
+
+
+def observe(root: HostRoot, runner: HostRunner, *, targets: tuple[str, ...],
+            command_timeout: float) -> Observation:
+    """Read the node; on a non-target node nothing is run (targets empty)."""
+    applicable = bool(targets)
+    smi = run_smi(runner, timeout=command_timeout) if applicable else None
+    gridd = unit_state(runner, "nvidia-gridd", timeout=command_timeout) if applicable else ""
+    persist = (unit_state(runner, "nvidia-persistenced", timeout=command_timeout)
+               if applicable else "")
+    return Observation(
+        targets=targets,
+        module=read_module_state(root),
+        smi=smi,
+        handoff=inspect_handoff(root) if applicable else None,
+        record=read_record(root),
+        gridd=gridd,
+        gridd_unit=first_present(root, GRIDD_UNITS) is not None,
+        persistenced=persist,
+        vulkan_icd=first_present(root, VULKAN_ICDS),
+        glx_lib=first_present(root, GLX_LIBS),
+    )
+
+
+def _gpu_facts(gpu: GpuReport) -> dict[str, Any]:
+    lic = classify_license(gpu.license_status)
+    return {"pci_bus_id": gpu.pci_bus_id, "product_name": gpu.product_name,
+            "profile": profile_of(gpu.product_name), "virtualization_mode": gpu.virtualization_mode,
+            "mig": gpu.mig_current, "license_state": lic.state, "license_permanent": lic.permanent,
+            "license_expiry": lic.expiry.timestamp() if lic.expiry else None}
+
+
+def describe(obs: Observation) -> dict[str, Any]:
+    """A few facts for metrics and /status, beyond the check results."""
+    report = obs.smi.report if obs.smi else None
+    rec = obs.record
+    return {
+        "targets": list(obs.targets),
+        "module_version": obs.module.version,
+        "module_type": obs.module.module_type,
+        "driver_version": report.driver_version if report else None,
+        "cuda_version": report.cuda_version if report else None,
+        "gpus": [_gpu_facts(g) for g in report.gpus] if report else [],
+        "install": None if rec is None else {
+            "version": rec.version, "outcome": rec.outcome, "exit_code": rec.exit_code,
+            "duration_seconds": rec.duration_seconds, "finished_at": rec.finished_at,
+            "module_type": rec.module_type},
+    }
