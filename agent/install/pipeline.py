@@ -23,7 +23,6 @@ from agent.settings import Settings
 log = structlog.get_logger(__name__)
 
 SUCCESS_OUTCOMES = ("installed", "fast_path")
-DEFAULT_DPKG_WAIT = 300.0
 Progress = Callable[[str, str, bool | None], None]  # (started|finished|failed, step, changed)
 
 
@@ -159,9 +158,8 @@ class Flow:
         return path not in before
 
     def do_packages(self) -> bool:
-        wait = getattr(self.settings, "dpkg_lock_wait", DEFAULT_DPKG_WAIT)
         return self.kit.ensure_build_deps(self.root, self.runner, self.kernel_release,
-                                          lock_wait=wait)
+                                          lock_wait=self.settings.dpkg_lock_wait)
 
     def do_stale_unload(self) -> bool:
         # From here on the driver may change: withdraw the hand-off first, so no operator
