@@ -1,0 +1,255 @@
+"""Kernel modules on the host: safe unload of a stale driver, load, device nodes, persistenced."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import structlog
+
+from agent.errors import HostCommandError, InstallError, last_lines
+from agent.host.files import write_atomic
+from agent.host.root import HostRoot
+from agent.host.runner import HostRunner
+
+log = structlog.get_logger(__name__)
+
+# Dependency order: each module is unloaded only after the ones that use it.
+STACK = ("nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia_peermem", "nvidia")
+# Without -a, modprobe reads the extra names as parameters of the first module.
+LOAD_ARGV = ("modprobe", "-a", "nvidia", "nvidia-uvm", "nvidia-modeset")
+DEVICE_ARGVS = (("nvidia-modprobe", "-c0"), ("nvidia-modprobe", "-u", "-c0"))
+# A validator once went Ready with the uvm nodes missing (gpu-operator-contract.md 2).
+DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+PERSISTENCED = "nvidia-persistenced"
+PERSISTENCED_UNIT = f"{PERSISTENCED}.service"
+UNIT_DIRS = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
+# The .run installs the daemon but no unit (only a sample tarball), so we supply one.
+PERSISTENCED_UNIT_TEXT = """\
+# Written by grid-agent: the NVIDIA .run installs no unit for the persistence daemon.
+[Unit]
+Description=NVIDIA Persistence Daemon
+Wants=syslog.target
+
+[Service]
+Type=forking
+ExecStart=/usr/bin/nvidia-persistenced
+ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced
+
+[Install]
+WantedBy=multi-user.target
+"""
+_GPU_DEVICE = re.compile(r"(^|/)dev/nvidia[^/]*$")
+_TASK_NAME_MAX = 15  # the kernel truncates /proc/PID/comm to 15 characters
+
+
+# -- module and process state, read from the host's files ---------------------------------
+
+
+def module_loaded(root: HostRoot, name: str) -> bool:
+    """Loaded as a module (built-in code has a /sys/module dir too, but no refcnt)."""
+    return root.path(f"/sys/module/{name}/refcnt").exists()
+
+
+def module_refcnt(root: HostRoot, name: str) -> int | None:
+    text = root.read_text(f"/sys/module/{name}/refcnt")
+    try:
+        return int(text.strip()) if text is not None else None
+    except ValueError:
+        return None
+
+
+def module_holders(root: HostRoot, name: str) -> tuple[str, ...]:
+    holders = root.path(f"/sys/module/{name}/holders")
+    try:
+        return tuple(sorted(p.name for p in holders.iterdir()))
+    except OSError:
+        return ()
+
+
+def loaded_version(root: HostRoot) -> str | None:
+    text = (root.read_text("/sys/module/nvidia/version") or "").strip()
+    return text or None
+
+
+@dataclass(frozen=True)
+class HostProcess:
+    pid: int
+    comm: str
+
+    def label(self) -> str:
+        return f"{self.pid} ({self.comm})"
+
+
+def _pids(root: HostRoot) -> list[int]:
+    try:
+        return sorted(int(p.name) for p in root.path("/proc").iterdir() if p.name.isdigit())
+    except OSError:
+        return []
+
+
+def _comm(root: HostRoot, pid: int) -> str:
+    return (root.read_text(f"/proc/{pid}/comm", "?") or "?").strip()
+
+
+def gpu_users(root: HostRoot) -> list[HostProcess]:
+    """Host processes with a /dev/nvidia* file open (from /proc/*/fd links)."""
+    users = []
+    for pid in _pids(root):
+        fd_dir = root.path(f"/proc/{pid}/fd")
+        try:
+            links = [fd.readlink() for fd in fd_dir.iterdir()]
+        except OSError:  # gone, or a kernel thread
+            continue
+        if any(_GPU_DEVICE.search(str(link).removesuffix(" (deleted)")) for link in links):
+            users.append(HostProcess(pid, _comm(root, pid)))
+    return users
+
+
+def processes_named(root: HostRoot, name: str) -> list[HostProcess]:
+    """Host processes whose comm is `name` (as the kernel truncates it)."""
+    want = name[:_TASK_NAME_MAX]
+    found = [HostProcess(pid, _comm(root, pid)) for pid in _pids(root)]
+    return [p for p in found if p.comm == want]
+
+
+def unit_exists(root: HostRoot, unit: str) -> bool:
+    return any(root.exists(f"{d}/{unit}") for d in UNIT_DIRS)
+
+
+def host_has_systemd(root: HostRoot) -> bool:
+    """systemd's own test (sd_booted): /run/systemd/system exists."""
+    return root.path("/run/systemd/system").is_dir()
+
+
+def failure_lines(exc: HostCommandError, count: int = 3) -> str:
+    """The command's own error lines, for a message a person can act on."""
+    return last_lines(exc.stderr or exc.stdout, count) or exc.message
+
+
+# -- stale driver --------------------------------------------------------------------------
+
+
+def _blockers(root: HostRoot, loaded: list[str]) -> list[str]:
+    """Why the loaded stack cannot go now: GPU users, foreign holders, extra references."""
+    reasons = [f"pid {p.label()} has /dev/nvidia* open" for p in gpu_users(root)]
+    for name in loaded:
+        holders = module_holders(root, name)
+        foreign = [h for h in holders if h not in STACK]
+        if foreign:
+            reasons.append(f"{name} is held by module(s) {', '.join(foreign)}")
+            continue
+        # Each holder in the stack goes first and takes one reference with it.
+        inner = sum(1 for h in holders if h in loaded)
+        count = module_refcnt(root, name)
+        if count is not None and count > inner:
+            reasons.append(f"{name} has refcnt {count} (in use)")
+    return reasons
+
+
+def unload_stale(root: HostRoot, runner: HostRunner, *, want_version: str) -> bool:
+    """Unload a different loaded driver when nothing uses it; else 'reboot required'."""
+    if not module_loaded(root, "nvidia"):
+        log.info("stale_driver_absent", changed=False)
+        return False
+    have = loaded_version(root)
+    if have == want_version:
+        log.info("stale_driver_absent", loaded=have, changed=False)
+        return False
+    loaded = [m for m in STACK if module_loaded(root, m)]
+    blockers = _blockers(root, loaded)
+    if blockers:
+        raise InstallError(
+            f"reboot required: NVIDIA driver {have or 'of unknown version'} is loaded and in "
+            f"use ({'; '.join(blockers)}); it cannot be replaced by {want_version} while running",
+            remedy="drain GPU workloads and reboot the node; the agent installs after the reboot")
+    for name in loaded:
+        _rmmod(root, runner, name, have)
+    log.info("stale_driver_unloaded", version=have, modules=loaded, changed=True)
+    return True
+
+
+def _rmmod(root: HostRoot, runner: HostRunner, name: str, have: str | None) -> None:
+    count = module_refcnt(root, name)
+    if count:  # re-read right before: never rmmod a module in use, never -f
+        raise InstallError(f"reboot required: {name} (driver {have}) gained users (refcnt "
+                           f"{count}) while unloading", remedy="drain GPU workloads and reboot")
+    try:
+        runner.run(["rmmod", name], timeout=60)
+    except HostCommandError as exc:
+        raise InstallError(f"reboot required: rmmod {name} failed: {failure_lines(exc)}",
+                           remedy="drain GPU workloads and reboot the node") from exc
+
+
+# -- load and device nodes -----------------------------------------------------------------
+
+
+def _missing_nodes(root: HostRoot) -> list[str]:
+    return [node for node in DEVICE_NODES if not root.path(node).exists()]
+
+
+def load_modules(root: HostRoot, runner: HostRunner) -> bool:
+    """`modprobe -a nvidia nvidia-uvm nvidia-modeset` and nvidia-modprobe for the nodes."""
+    unloaded = [m for m in ("nvidia", "nvidia_uvm", "nvidia_modeset")
+                if not module_loaded(root, m)]
+    missing = _missing_nodes(root)
+    if not unloaded and not missing:
+        log.info("modules_loaded", changed=False)
+        return False
+    if unloaded:
+        _host(runner, LOAD_ARGV, "loading the NVIDIA kernel modules failed")
+    for argv in DEVICE_ARGVS:
+        _host(runner, argv, "creating the NVIDIA device files failed")
+    still = _missing_nodes(root)
+    if still:
+        raise InstallError(f"device files missing after loading the driver: {', '.join(still)}",
+                           remedy="check the host's kernel log (dmesg) for NVRM errors")
+    log.info("modules_loaded", loaded=unloaded, nodes_created=missing, changed=True)
+    return True
+
+
+def _host(runner: HostRunner, argv: tuple[str, ...], what: str) -> None:
+    try:
+        runner.run(list(argv), timeout=120)
+    except HostCommandError as exc:
+        raise InstallError(f"{what}: `{' '.join(argv)}`: {failure_lines(exc)}",
+                           remedy="check the host's kernel log (dmesg) for NVRM errors") from exc
+
+
+# -- persistence daemon --------------------------------------------------------------------
+
+
+def ensure_persistenced(root: HostRoot, runner: HostRunner) -> bool:
+    """nvidia-persistenced enabled and running: a systemd unit when the host has systemd."""
+    if host_has_systemd(root):
+        return _persistenced_unit(root, runner)
+    if processes_named(root, PERSISTENCED):
+        log.info("persistenced_running", changed=False)
+        return False
+    _host(runner, (PERSISTENCED,), "starting nvidia-persistenced failed")
+    log.info("persistenced_started", changed=True)
+    return True
+
+
+def _persistenced_unit(root: HostRoot, runner: HostRunner) -> bool:
+    wrote = False
+    if not unit_exists(root, PERSISTENCED_UNIT):
+        write_atomic(root.path(f"/etc/systemd/system/{PERSISTENCED_UNIT}"),
+                     PERSISTENCED_UNIT_TEXT)
+        _host(runner, ("systemctl", "daemon-reload"), "systemctl daemon-reload failed")
+        wrote = True
+    if not wrote and all(unit_status(runner, PERSISTENCED_UNIT)):
+        log.info("persistenced_running", changed=False)
+        return False
+    _host(runner, ("systemctl", "enable", "--now", PERSISTENCED_UNIT),
+          "enabling nvidia-persistenced failed")
+    log.info("persistenced_enabled", unit_written=wrote, changed=True)
+    return True
+
+
+def unit_status(runner: HostRunner, unit: str) -> tuple[bool, bool]:
+    """(enabled, active) from `systemctl is-enabled` / `is-active` (changes nothing)."""
+    enabled, active = (
+        runner.run(["systemctl", verb, "--quiet", unit], check=False, timeout=30).ok
+        for verb in ("is-enabled", "is-active"))
+    return enabled, active
