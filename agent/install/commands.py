@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from agent.errors import UnhealthyError
 from agent.host import open_doors
 from agent.install.kit import Kit, real_kit
 from agent.install.pipeline import Outcome, install
 from agent.install.plan import format_plan, make_plan
-from agent.install.publish import inspect_handoff
 from agent.settings import Settings
 
 Echo = Callable[[str], None]
@@ -48,27 +49,28 @@ class _Progress:
         self.echo(f"[{self.count:2d}] {name:<13} {word:<8} {took:6.1f}s")
 
 
-def health_lines(outcome: Outcome, settings: Settings) -> list[str]:
-    """The verified driver in plain words (GPUs, licence, profile, MIG) and the hand-off."""
-    lines = []
-    result = outcome.verify
-    if result is not None:
-        lines.append(f"driver: {result.summary()}")
-        for gpu in result.report.gpus:
-            lines.append(f"  GPU {gpu.pci_bus_id}: {gpu.product_name}; "
-                         f"virtualization {gpu.virtualization_mode or 'unknown'}; "
-                         f"licence {gpu.license_status or 'unknown'}; "
-                         f"MIG {gpu.mig_current or 'N/A'}")
-    root, _ = open_doors(settings)
-    handoff = inspect_handoff(root)
-    lines.append("GPU Operator hand-off: " + ("in place (mount and marker)" if handoff.intact
-                                              else handoff.reason))
-    return lines
+@dataclass(frozen=True)
+class HealthReport:
+    lines: list[str]
+    ready: bool
+    reason: str
+
+
+def health_report(settings: Settings) -> HealthReport:
+    """The health sidecar's checks, once, as a table (agent/health)."""
+    from agent.health.commands import build_health, format_table
+
+    verdict = build_health(settings).check_once()
+    return HealthReport(format_table(verdict).splitlines(), verdict.ready, verdict.reason())
 
 
 def run_command(settings: Settings, *, wait_lock: bool | None, dry_run: bool, echo: Echo,
-                kit: Kit | None = None) -> Outcome | None:
-    """`run`: the install with progress lines, then a health report for a person."""
+                kit: Kit | None = None,
+                health: Callable[[Settings], HealthReport] = health_report) -> Outcome | None:
+    """`run`: the install with progress lines, then the health checks for a person.
+
+    Exit 9 (UnhealthyError) when the driver is in place but a check fails (licence...).
+    """
     settings = _with_wait(settings, wait_lock)
     root, runner = open_doors(settings)
     kit = kit or real_kit()
@@ -80,9 +82,13 @@ def run_command(settings: Settings, *, wait_lock: bool | None, dry_run: bool, ec
         echo(f"nothing to do: {outcome.reason}")
         return outcome
     how = "already in place (fast path)" if outcome.outcome == "fast_path" else "installed"
-    echo(f"result: driver {how} and verified")
-    for line in health_lines(outcome, settings):
+    echo(f"result: driver {how} and verified: {outcome.verify.summary()}")
+    report = health(settings)
+    for line in report.lines:
         echo(line)
+    if not report.ready:
+        raise UnhealthyError(f"driver installed and verified, but the node is not healthy: "
+                             f"{report.reason}")
     return outcome
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +11,10 @@ import structlog
 from agent.driver.record import read_record, remove_record
 from agent.errors import AgentError, HostCommandError, InstallError
 from agent.host.root import HostRoot
-from agent.host.runner import HOST_PATH, HostRunner
+from agent.host.runner import HostRunner
 from agent.install import installer as inst
 from agent.install.kit import Kit
+from agent.install.modules import host_has_systemd, processes_named, unit_status
 from agent.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -22,10 +22,8 @@ log = structlog.get_logger(__name__)
 CACHE_DIR = "/var/cache/grid-agent"
 UNINSTALLER = "/usr/bin/nvidia-uninstall"
 UNINSTALL_LOG = "/var/log/nvidia-uninstall.log"
-UNITS = ("nvidia-gridd.service", "nvidia-persistenced.service")
-# Without systemd the daemons run from their own pid files.
-PID_FILES = ("/var/run/nvidia-gridd/nvidia-gridd.pid",
-             "/var/run/nvidia-persistenced/nvidia-persistenced.pid")
+DAEMONS = ("nvidia-gridd", "nvidia-persistenced")
+UNITS = tuple(f"{name}.service" for name in DAEMONS)
 
 
 @dataclass
@@ -41,30 +39,20 @@ class UninstallReport:
         return out
 
 
-def _on_path(root: HostRoot, name: str) -> bool:
-    for directory in HOST_PATH.split(":"):
-        path = root.path(f"{directory}/{name}")
-        if path.is_file() and os.access(path, os.X_OK):
-            return True
-    return False
-
-
 def stop_daemons(root: HostRoot, runner: HostRunner) -> bool:
-    """Stop and disable gridd and persistenced (systemd units, else by pid file)."""
-    changed = False
-    if _on_path(root, "systemctl"):
+    """Stop and disable gridd and persistenced: systemd units, else the processes themselves."""
+    if host_has_systemd(root):
+        changed = False
         for unit in UNITS:
-            if runner.run(["systemctl", "is-active", "--quiet", unit], check=False).ok:
-                runner.run(["systemctl", "stop", unit], check=False)
+            enabled, active = unit_status(runner, unit)
+            if enabled or active:
+                runner.run(["systemctl", "disable", "--now", unit], check=False, timeout=60)
                 changed = True
-            if runner.run(["systemctl", "is-enabled", "--quiet", unit], check=False).ok:
-                runner.run(["systemctl", "disable", unit], check=False)
-                changed = True
-    for pid_file in PID_FILES:
-        pid = (root.read_text(pid_file, "") or "").strip()
-        if pid.isdigit() and root.path(f"/proc/{pid}").exists():
-            changed = runner.run(["kill", pid], check=False).ok or changed
-    return changed
+        return changed
+    pids = [str(p.pid) for name in DAEMONS for p in processes_named(root, name)]
+    if pids:
+        runner.run(["kill", *pids], check=False, timeout=30)
+    return bool(pids)
 
 
 def _cached_runs(root: HostRoot) -> list[Path]:

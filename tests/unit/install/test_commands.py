@@ -1,7 +1,8 @@
 import pytest
 
+from agent.errors import UnhealthyError
 from agent.host.root import HostRoot
-from agent.install.commands import install_command, run_command, uninstall_command
+from agent.install.commands import HealthReport, install_command, run_command, uninstall_command
 from tests.unit.install.fakehost import H100, FakeNode, settings
 
 
@@ -16,16 +17,28 @@ def conf(node):
     return settings(host_root=str(node.root.root))
 
 
+def healthy(settings):
+    return HealthReport(["CHECK  STATUS REASON", "license ok  Licensed"], True, "")
+
+
 def test_run_prints_progress_result_and_health(node):
     out = []
     outcome = run_command(conf(node), wait_lock=True, dry_run=False, echo=out.append,
-                          kit=node.kit())
+                          kit=node.kit(), health=healthy)
     assert outcome.outcome == "installed"
     assert node.lock_args == [(True, 1800.0)]
     assert any(line.startswith("[ 7] installer     changed") for line in out)
-    assert "result: driver installed and verified" in out
-    assert any("licence Licensed (Expiry" in line for line in out)
-    assert out[-1].startswith("GPU Operator hand-off: ")
+    assert "result: driver installed and verified: driver 580.105.08" in out
+    assert out[-1] == "license ok  Licensed"
+
+
+def test_run_on_an_unhealthy_node_is_exit_9_after_the_report(node):
+    out = []
+    with pytest.raises(UnhealthyError, match="not healthy: license Unlicensed") as err:
+        run_command(conf(node), wait_lock=None, dry_run=False, echo=out.append, kit=node.kit(),
+                    health=lambda s: HealthReport(["license bad"], False, "license Unlicensed"))
+    assert err.value.exit_code == 9
+    assert out[-1] == "license bad"
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(node):

@@ -81,13 +81,23 @@ def test_uninstaller_failure_is_exit_6_with_error_lines(node):
     assert err.value.exit_code == 6
 
 
-def test_systemd_units_are_stopped_and_disabled(node):
-    put(node.root, "/usr/bin/systemctl")
-    runner = Runner({("systemctl", "is-enabled"): 1})
+def test_systemd_units_are_disabled_and_stopped(node):
+    node.root.path("/run/systemd/system").mkdir(parents=True)
+    runner = Runner({("systemctl", "is-enabled", "--quiet", "nvidia-gridd.service"): 1,
+                     ("systemctl", "is-active", "--quiet", "nvidia-gridd.service"): 1})
     assert un.stop_daemons(node.root, runner) is True
-    assert ["systemctl", "stop", "nvidia-gridd.service"] in runner.argvs
-    assert ["systemctl", "stop", "nvidia-persistenced.service"] in runner.argvs
-    assert not any(a[:2] == ["systemctl", "disable"] for a in runner.argvs)
+    assert ["systemctl", "disable", "--now", "nvidia-persistenced.service"] in runner.argvs
+    assert ["systemctl", "disable", "--now", "nvidia-gridd.service"] not in runner.argvs
+
+
+def test_without_systemd_the_daemon_processes_are_killed(node):
+    put(node.root, "/proc/321/comm", "nvidia-gridd\n", 0o644)
+    put(node.root, "/proc/322/comm", "nvidia-persiste\n", 0o644)  # truncated to 15 chars
+    put(node.root, "/proc/400/comm", "bash\n", 0o644)
+    runner = Runner()
+    assert un.stop_daemons(node.root, runner) is True
+    assert runner.argvs == [["kill", "321", "322"]]
+    assert un.stop_daemons(HostRoot(node.root.path("/nonexistent")), Runner()) is False
 
 
 def test_nothing_installed_runs_no_uninstaller(tmp_path):
