@@ -11,7 +11,6 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent.health.metrics import make_registry, render
 from agent.health.monitor import VerdictCache
@@ -21,6 +20,9 @@ log = structlog.get_logger(__name__)
 StartResponse = Callable[..., Any]
 MAX_HEADER_BYTES = 16 * 1024
 REQUEST_TIMEOUT = 5.0  # seconds a client may take to send its request
+# The classic text format every Prometheus version scrapes (client 0.26 defaults to 1.0.0,
+# which Prometheus 2.x does not know); our metric names are all legacy-valid.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class HealthApp:
@@ -74,7 +76,7 @@ class HealthApp:
         return "200 OK", "application/json", (json.dumps(body, indent=2) + "\n").encode()
 
     def metrics(self) -> tuple[str, str, bytes]:
-        return "200 OK", CONTENT_TYPE_LATEST, render(self.registry)
+        return "200 OK", METRICS_CONTENT_TYPE, render(self.registry)
 
 
 def _send(start_response: StartResponse, status: str, ctype: str, body: bytes,

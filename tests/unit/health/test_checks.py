@@ -1,0 +1,252 @@
+"""Every check against a fake node on disk: healthy, and each way a node goes wrong."""
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from agent.health.checks import driver_healthy, profile_matches
+from agent.health.verdict import DEGRADED, HEALTHY, NOT_APPLICABLE, UNHEALTHY
+from tests.unit.driver.smifake import fixture
+from tests.unit.health.fakenode import (
+    H100,
+    NVRM,
+    TARGET,
+    FakeHost,
+    health,
+    healthy_node,
+    put,
+    reboot_without_driver,
+)
+
+
+@pytest.fixture
+def node(tmp_path):
+    healthy_node(tmp_path)
+    return tmp_path, FakeHost(tmp_path)
+
+
+def verdict_of(node, **cfg):
+    root, host = node
+    return health(root, host, **cfg).check_once()
+
+
+def status(verdict, name):
+    check = verdict.check(name)
+    return check.status, check.reason
+
+
+def test_healthy_node(node):
+    verdict = verdict_of(node)
+    assert verdict.state == HEALTHY, verdict.reason()
+    assert {c.name: c.status for c in verdict.checks} == {
+        "driver_loaded": "ok", "module_type": "ok", "nvidia_smi": "ok", "gpus": "ok",
+        "virtualization": "ok", "profile": "ok", "license": "ok", "mig": "ok", "gridd": "ok",
+        "persistence": "ok", "graphics": "ok", "handoff": "ok"}
+    assert driver_healthy(verdict.checks)
+    assert verdict.facts["driver_version"] == "580.105.08"
+    gpu = verdict.facts["gpus"][0]
+    assert (gpu["profile"], gpu["license_state"]) == ("DC-4-96Q", "licensed")
+    assert gpu["license_expiry"] == datetime(2026, 7, 7, 16, 1, 44, tzinfo=UTC).timestamp()
+    assert verdict.facts["install"]["outcome"] == "installed"
+
+
+def test_not_a_target_node_runs_nothing(node):
+    root, host = node
+    verdict = health(root, host, devices=(H100,)).check_once()
+    assert verdict.state == NOT_APPLICABLE and verdict.ready
+    assert host.argvs == []
+
+
+def test_module_not_loaded(node):
+    root, host = node
+    reboot_without_driver(root)
+    host.smi_code, host.smi_out = 9, fixture("prose-no-driver.txt")
+    host.xml = fixture("prose-no-driver.txt")
+    verdict = health(root, host).check_once()
+    assert verdict.state == UNHEALTHY
+    assert status(verdict, "driver_loaded") == ("fail", "the nvidia kernel module is not loaded")
+    assert status(verdict, "nvidia_smi")[1].startswith("nvidia-smi exited 9: NVIDIA-SMI has failed")
+    assert "no XML report" in status(verdict, "gpus")[1]
+    assert status(verdict, "license")[0] == "skip"
+    assert not driver_healthy(verdict.checks)
+
+
+def test_old_driver_loaded(node):
+    root, host = node
+    put(root, "/sys/module/nvidia/version", "550.144.06\n")
+    host.xml = fixture("healthy-v12.xml")
+    verdict = verdict_of(node)
+    assert status(verdict, "driver_loaded") == (
+        "fail", "loaded nvidia module is 550.144.06, expected 580.105.08")
+    assert status(verdict, "gpus") == (
+        "fail", "nvidia-smi reports driver 550.144.06, expected 580.105.08")
+
+
+def test_module_type_differs_from_the_record(node):
+    root, _ = node
+    put(root, "/proc/driver/nvidia/version", NVRM.replace(
+        "x86_64 Kernel Module", "Open Kernel Module for x86_64"))
+    assert status(verdict_of(node), "module_type") == (
+        "fail", "the open module is loaded but proprietary was installed")
+
+
+def test_module_type_without_record_is_skipped(node):
+    root, _ = node
+    (root / "var/lib/grid-agent/state.json").unlink()
+    assert status(verdict_of(node), "module_type") == ("skip", "no install record to compare with")
+
+
+def test_smi_exit_14(node):
+    _, host = node
+    host.smi_code, host.smi_out = 14, "WARNING: infoROM is corrupted at gpu 00000000:00:02.0\n"
+    verdict = verdict_of(node)
+    assert verdict.state == UNHEALTHY
+    assert status(verdict, "nvidia_smi") == (
+        "fail", "nvidia-smi exited 14: WARNING: infoROM is corrupted at gpu 00000000:00:02.0")
+    assert status(verdict, "gpus")[0] == "ok"
+
+
+def test_broken_xml_is_a_reason(node):
+    _, host = node
+    host.xml = fixture("truncated.xml")
+    reason = status(verdict_of(node), "gpus")
+    assert reason[0] == "fail" and "malformed XML report" in reason[1]
+
+
+def test_a_target_gpu_missing_from_the_report(node):
+    root, host = node
+    other = replace(TARGET, slot="0000:00:04.0")
+    verdict = health(root, host, devices=(TARGET, other)).check_once()
+    assert status(verdict, "gpus") == (
+        "fail", "target GPU(s) 0000:00:04.0 not listed by nvidia-smi")
+
+
+def test_pass_through(node):
+    _, host = node
+    host.xml = fixture("passthrough.xml")
+    verdict = verdict_of(node)
+    assert status(verdict, "virtualization") == (
+        "fail", "virtualization mode Pass-Through, not VGPU")
+    assert status(verdict, "license") == ("fail", "not licensed (N/A)")
+
+
+def test_wrong_profile(node):
+    _, host = node
+    host.xml = fixture("wrong-profile.xml")
+    assert verdict_of(node).check("profile").status == "ok"  # DC-2-48C is still a DC profile
+    reason = status(verdict_of(node, expected_profile="DC-4-96Q"), "profile")
+    assert reason == ("fail", "profile 'NVIDIA RTX Pro 6000 Blackwell DC-2-48C', "
+                              "expected DC-4-96Q")
+    assert verdict_of(node).check("graphics").status == "skip"  # C-series: no graphics check
+
+
+@pytest.mark.parametrize(("name", "expected", "ok"), [
+    ("NVIDIA RTX Pro 6000 Blackwell DC-4-96Q", "", True),
+    ("NVIDIA RTX PRO 6000 Blackwell DC-1-24Q", "", True),
+    ("NVIDIA H100 80GB HBM3", "", False),
+    ("NVIDIA RTX Pro 6000 Blackwell DC-4-96Q", "dc-4-96q", True),
+    ("NVIDIA RTX Pro 6000 Blackwell DC-4-96Q", "NVIDIA RTX Pro 6000 Blackwell DC-4-96Q", True),
+    ("NVIDIA RTX Pro 6000 Blackwell DC-4-96Q", "DC-2-48Q", False),
+    (None, "", False),
+])
+def test_profile_matching(name, expected, ok):
+    assert profile_matches(name, expected) is ok
+
+
+@pytest.mark.parametrize("name", ["unlicensed.xml", "unlicensed-restricted.xml",
+                                  "unlicensed-unrestricted.xml", "license-unknown.xml",
+                                  "license-na.xml"])
+def test_every_unlicensed_form_fails(node, name):
+    _, host = node
+    host.xml = fixture(name)
+    verdict = verdict_of(node)
+    assert verdict.state == UNHEALTHY
+    assert status(verdict, "license")[0] == "fail"
+    assert status(verdict, "license")[1].startswith("not licensed (")
+
+
+def test_licence_near_expiry_warns(node):
+    verdict = verdict_of(node, now=datetime(2026, 7, 3, tzinfo=UTC))
+    assert verdict.state == DEGRADED and verdict.ready
+    assert status(verdict, "license") == ("warn", "licence expires in 4.7 days")
+
+
+def test_licence_expiry_passed_warns(node):
+    reason = status(verdict_of(node, now=datetime(2026, 8, 1, tzinfo=UTC)), "license")
+    assert reason == ("warn", "licence expiry 2026-07-07T16:01:44+00:00 has passed")
+
+
+@pytest.mark.parametrize("name", ["licensed-permanent.xml", "licensed-expiry-na.xml"])
+def test_licence_without_expiry_is_ok(node, name):
+    _, host = node
+    host.xml = fixture(name)
+    assert status(verdict_of(node), "license")[0] == "ok"
+
+
+def test_mig_disabled_by_policy(node):
+    _, host = node
+    host.xml = fixture("mig-disabled.xml")
+    warn = verdict_of(node)
+    assert warn.state == DEGRADED
+    assert status(warn, "mig") == (
+        "warn", "MIG mode Disabled, expected Enabled (mig.strategy=single)")
+    assert status(verdict_of(node, mig_policy="fail"), "mig")[0] == "fail"
+
+
+def test_mig_pending_change(node):
+    _, host = node
+    host.xml = fixture("healthy-v13.xml").replace(
+        "<pending_mig>Enabled", "<pending_mig>Disabled")
+    assert status(verdict_of(node), "mig") == (
+        "warn", "MIG mode Enabled, Disabled pending a GPU reset")
+
+
+def test_gridd_inactive_and_missing(node):
+    root, host = node
+    host.units["nvidia-gridd"] = "failed"
+    assert status(verdict_of(node), "gridd") == ("fail", "nvidia-gridd is failed")
+    (root / "lib/systemd/system/nvidia-gridd.service").unlink()
+    host.units["nvidia-gridd"] = "inactive"
+    assert "nvidia-gridd.service is not installed" in status(verdict_of(node), "gridd")[1]
+
+
+def test_persistence(node):
+    _, host = node
+    host.xml = fixture("persistence-disabled.xml")
+    assert status(verdict_of(node), "persistence") == ("ok", "nvidia-persistenced active")
+    host.units["nvidia-persistenced"] = "inactive"
+    assert status(verdict_of(node), "persistence") == (
+        "warn", "persistence mode not enabled and nvidia-persistenced is inactive")
+
+
+def test_graphics_missing_for_q_profile(node):
+    root, _ = node
+    (root / "usr/share/vulkan/icd.d/nvidia_icd.json").unlink()
+    put(root, "/etc/vulkan/icd.d/nvidia_icd.json", "{}")
+    assert verdict_of(node).check("graphics").status == "ok"
+    (root / "etc/vulkan/icd.d/nvidia_icd.json").unlink()
+    (root / "usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.0").unlink()
+    verdict = verdict_of(node)
+    assert verdict.state == DEGRADED
+    assert status(verdict, "graphics")[1].startswith(
+        "missing on the host: Vulkan ICD nvidia_icd.json, libGLX_nvidia.so.0")
+
+
+def test_handoff_missing(tmp_path):
+    healthy_node(tmp_path, published=False)
+    verdict = health(tmp_path, FakeHost(tmp_path)).check_once()
+    assert status(verdict, "handoff") == (
+        "fail", "marker /run/nvidia/validations/.driver-ctr-ready missing; "
+                "/run/nvidia/driver is not a mount of host /")
+    assert driver_healthy(verdict.checks)
+
+
+def test_two_gpus_one_unlicensed(node):
+    root, host = node
+    host.xml = fixture("two-gpus.xml")
+    verdict = health(root, host, devices=(TARGET, replace(TARGET, slot="0000:00:03.0"))
+                     ).check_once()
+    assert status(verdict, "gpus")[0] == "ok"
+    assert status(verdict, "license") == (
+        "fail", "00000000:00:03.0: not licensed (Unlicensed (Restricted))")
