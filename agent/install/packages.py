@@ -171,10 +171,18 @@ def ensure_build_deps(root: HostRoot, runner: HostRunner, kernel_release: str, *
         log.info("build_deps_present", kernel_release=kernel_release, changed=False)
         return False
     log.info("build_deps_installing", packages=packages)
-    wait_for_dpkg_lock(root, lock_wait, sleep=sleep)
-    retrying = Retrying(stop=_Stop(lock_wait, APT_ATTEMPTS), wait=retry_wait, sleep=sleep,
+    stop = _Stop(lock_wait, APT_ATTEMPTS)
+
+    def before_sleep(state) -> None:
+        exc = state.outcome.exception()
+        log.warning("apt_retry", attempt=state.attempt_number, reason=apt_errors(exc.output),
+                    lock=exc.lock, offline=exc.offline)
+        if exc.lock:  # apt < 1.9 ignores DPkg::Lock::Timeout and fails at once: wait here
+            wait_for_dpkg_lock(root, max(0.0, stop.deadline - time.monotonic()), sleep=sleep)
+
+    retrying = Retrying(stop=stop, wait=retry_wait, sleep=sleep, before_sleep=before_sleep,
                         retry=retry_if_exception(lambda e: getattr(e, "transient", False)),
-                        before_sleep=_log_retry, reraise=True)
+                        reraise=True)
     try:
         retrying(_update_and_install, runner, packages, lock_wait)
     except AptFailed as exc:
@@ -185,9 +193,3 @@ def ensure_build_deps(root: HostRoot, runner: HostRunner, kernel_release: str, *
                              remedy=MISSING_REMEDY.format(pkgs=" ".join(still)))
     log.info("build_deps_installed", packages=packages, changed=True)
     return True
-
-
-def _log_retry(state) -> None:
-    exc = state.outcome.exception()
-    log.warning("apt_retry", attempt=state.attempt_number, reason=apt_errors(exc.output),
-                lock=exc.lock, offline=exc.offline)

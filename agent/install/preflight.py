@@ -19,7 +19,8 @@ log = structlog.get_logger(__name__)
 
 SUPPORTED = (("ubuntu", "22.04"), ("ubuntu", "24.04"))
 OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
-SECURE_BOOT_VAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e98c0c4e2b44"
+# EFI_GLOBAL_VARIABLE's GUID: 4 attribute bytes, then 1 data byte (1 = enabled).
+SECURE_BOOT_VAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 # Where the install writes: the .run cache, the driver's files, the kernel modules.
 DISK_PATHS = ("/var/cache/grid-agent", "/usr", "/lib/modules")
 _NSENTER_DENIED = ("Operation not permitted", "reassociate to namespace", "Permission denied")

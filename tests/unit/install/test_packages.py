@@ -190,8 +190,19 @@ def test_lock_wait_returns_once_released(host, held_lock):
     assert sleeps == [1.0, 1.0, 1.0] and waited == 4
 
 
-def test_a_held_dpkg_lock_is_waited_for_before_apt_get(host, held_lock):
-    runner = FakeRunner()
-    with pytest.raises(PreflightError, match="dpkg lock is still held"):
+def test_old_apt_failing_on_the_lock_waits_for_it_bounded(host, held_lock):
+    # apt < 1.9 ignores DPkg::Lock::Timeout: it fails at once, and our own wait takes over.
+    runner = FakeRunner().on("apt-get", rc=100, stderr=LOCKED)
+    clock = iter(range(100)).__next__
+    with pytest.raises(PreflightError, match=r"dpkg lock is still held \(pid \d+\)"):
+        pk.wait_for_dpkg_lock(host.root, 3.0, sleep=Sleeps(), clock=clock)
+    with pytest.raises(PreflightError, match="the dpkg lock stayed held"):
         ensure(host, runner, lock_wait=0.0)
-    assert runner.calls == []
+    assert len(runner.calls) == 2  # one update + install attempt: the wait is spent
+
+
+def test_old_apt_retries_once_the_lock_is_released(host, held_lock):
+    runner = (FakeRunner().on(*UPDATE).on("apt-get", rc=100, times=1, stderr=LOCKED)
+              .on("apt-get", effect=installs_headers(host)))
+    assert ensure(host, runner, sleep=held_lock.release) is True
+    assert len(runner.calls) == 4
