@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -39,8 +40,13 @@ ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced
 [Install]
 WantedBy=multi-user.target
 """
+# The old driver's own daemons keep /dev/nvidia* open; they go with it (the GPU Operator's
+# driver container stops them the same way before unloading), and later steps restart them.
+DRIVER_DAEMONS = ("nvidia-persistenced", "nvidia-gridd")
+DAEMON_STOP_WAIT = 10.0
 _GPU_DEVICE = re.compile(r"(^|/)dev/nvidia[^/]*$")
 _TASK_NAME_MAX = 15  # the kernel truncates /proc/PID/comm to 15 characters
+_DAEMON_COMMS = {name[:_TASK_NAME_MAX] for name in DRIVER_DAEMONS}
 
 
 # -- module and process state, read from the host's files ---------------------------------
@@ -130,24 +136,66 @@ def failure_lines(exc: HostCommandError, count: int = 3) -> str:
 # -- stale driver --------------------------------------------------------------------------
 
 
-def _blockers(root: HostRoot, loaded: list[str]) -> list[str]:
-    """Why the loaded stack cannot go now: GPU users, foreign holders, extra references."""
-    reasons = [f"pid {p.label()} has /dev/nvidia* open" for p in gpu_users(root)]
+def _users(root: HostRoot, *, daemons: bool) -> list[str]:
+    return [f"pid {p.label()} has /dev/nvidia* open" for p in gpu_users(root)
+            if daemons or p.comm not in _DAEMON_COMMS]
+
+
+def _foreign_holders(root: HostRoot, loaded: list[str]) -> list[str]:
+    reasons = []
     for name in loaded:
-        holders = module_holders(root, name)
-        foreign = [h for h in holders if h not in STACK]
+        foreign = [h for h in module_holders(root, name) if h not in STACK]
         if foreign:
             reasons.append(f"{name} is held by module(s) {', '.join(foreign)}")
-            continue
+    return reasons
+
+
+def _extra_references(root: HostRoot, loaded: list[str]) -> list[str]:
+    reasons = []
+    for name in loaded:
         # Each holder in the stack goes first and takes one reference with it.
-        inner = sum(1 for h in holders if h in loaded)
+        inner = sum(1 for h in module_holders(root, name) if h in loaded)
         count = module_refcnt(root, name)
         if count is not None and count > inner:
             reasons.append(f"{name} has refcnt {count} (in use)")
     return reasons
 
 
-def unload_stale(root: HostRoot, runner: HostRunner, *, want_version: str) -> bool:
+def stop_driver_daemons(root: HostRoot, runner: HostRunner, *,
+                        wait: float = DAEMON_STOP_WAIT) -> list[str]:
+    """Stop running nvidia-persistenced / nvidia-gridd (unit first, else kill); their names."""
+    stopped = []
+    for name in DRIVER_DAEMONS:
+        left = processes_named(root, name)
+        if not left:
+            continue
+        unit = f"{name}.service"
+        if host_has_systemd(root) and unit_exists(root, unit):
+            runner.run(["systemctl", "stop", unit], check=False, timeout=60)
+            left = _wait_gone(root, name, wait)
+        if left:
+            runner.run(["kill", *(str(p.pid) for p in left)], check=False, timeout=30)
+            _wait_gone(root, name, wait)
+        stopped.append(name)
+    return stopped
+
+
+def _wait_gone(root: HostRoot, name: str, wait: float) -> list[HostProcess]:
+    deadline = time.monotonic() + wait
+    while (left := processes_named(root, name)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def _refuse(have: str | None, want: str, reasons: list[str]) -> InstallError:
+    return InstallError(
+        f"reboot required: NVIDIA driver {have or 'of unknown version'} is loaded and in "
+        f"use ({'; '.join(reasons)}); it cannot be replaced by {want} while running",
+        remedy="drain GPU workloads and reboot the node; the agent installs after the reboot")
+
+
+def unload_stale(root: HostRoot, runner: HostRunner, *, want_version: str,
+                 daemon_wait: float = DAEMON_STOP_WAIT) -> bool:
     """Unload a different loaded driver when nothing uses it; else 'reboot required'."""
     if not module_loaded(root, "nvidia"):
         log.info("stale_driver_absent", changed=False)
@@ -157,15 +205,18 @@ def unload_stale(root: HostRoot, runner: HostRunner, *, want_version: str) -> bo
         log.info("stale_driver_absent", loaded=have, changed=False)
         return False
     loaded = [m for m in STACK if module_loaded(root, m)]
-    blockers = _blockers(root, loaded)
+    # Refuse before touching anything when someone else uses the GPU.
+    blockers = _users(root, daemons=False) + _foreign_holders(root, loaded)
     if blockers:
-        raise InstallError(
-            f"reboot required: NVIDIA driver {have or 'of unknown version'} is loaded and in "
-            f"use ({'; '.join(blockers)}); it cannot be replaced by {want_version} while running",
-            remedy="drain GPU workloads and reboot the node; the agent installs after the reboot")
+        raise _refuse(have, want_version, blockers)
+    stopped = stop_driver_daemons(root, runner, wait=daemon_wait)
+    blockers = _users(root, daemons=True) + _extra_references(root, loaded)
+    if blockers:
+        raise _refuse(have, want_version, blockers)
     for name in loaded:
         _rmmod(root, runner, name, have)
-    log.info("stale_driver_unloaded", version=have, modules=loaded, changed=True)
+    log.info("stale_driver_unloaded", version=have, modules=loaded, daemons_stopped=stopped,
+             changed=True)
     return True
 
 

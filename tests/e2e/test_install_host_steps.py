@@ -135,6 +135,21 @@ def test_unused_old_driver_is_unloaded(simnode, runner):
     assert not modules.module_loaded(simnode.root, "nvidia")
 
 
+def test_the_old_drivers_daemon_is_stopped_before_unloading(simnode, runner):
+    # After a drain only the old driver's own persistence daemon holds /dev/nvidia0.
+    simnode.set_scenarios("old-driver-loaded")
+    # (A plain file stands in for the device node: a char node without a driver cannot open.)
+    simnode.exec(["sh", "-c", "[ -e /dev/nvidia0 ] || touch /dev/nvidia0; "
+                  "cp /bin/sleep /tmp/nvidia-persistenced; "
+                  "/tmp/nvidia-persistenced 600 3</dev/nvidia0 >/dev/null 2>&1 &"])
+    assert modules.processes_named(simnode.root, "nvidia-persistenced")
+    assert modules.unload_stale(simnode.root, runner, want_version="580.105.08",
+                                daemon_wait=5) is True
+    assert runner.argvs[0][0] == "kill"
+    assert not modules.processes_named(simnode.root, "nvidia-persistenced")
+    assert not modules.module_loaded(simnode.root, "nvidia")
+
+
 def test_old_driver_in_use_means_reboot_required_naming_the_process(simnode, runner):
     simnode.set_scenarios("old-driver-loaded", "module-in-use")
     with pytest.raises(InstallError, match=r"reboot required.*\(cuda-app\) has /dev/nvidia"):

@@ -65,6 +65,55 @@ def test_a_process_holding_the_gpu_means_reboot_required(host):
     assert runner.calls == []
 
 
+def held_by_daemons(host):
+    old_stack(host)
+    host.process(50, "nvidia-persiste", ("/dev/nvidiactl", "/dev/nvidia0"))
+    host.process(51, "nvidia-gridd", ("/dev/nvidiactl",))
+    host.write("/sys/module/nvidia/refcnt", "5\n")  # two holders + three open files
+
+
+def gone(host, *pids):
+    def effect(argv):
+        import shutil
+
+        for pid in pids:
+            shutil.rmtree(host.root.path(f"/proc/{pid}"))
+        host.write("/sys/module/nvidia/refcnt", "2\n")
+    return effect
+
+
+def test_the_old_drivers_own_daemons_are_stopped_then_it_is_unloaded(host):
+    # After a drain (or a reboot) only persistenced and gridd still hold the old driver.
+    held_by_daemons(host)
+    host.mkdir("/run/systemd/system")
+    host.write("/lib/systemd/system/nvidia-persistenced.service", "[Service]\n")
+    runner = rmmod_runner(host).on("systemctl", "stop", effect=gone(host, 50)).on(
+        "kill", effect=gone(host, 51))
+    with capture_logs() as logs:
+        assert modules.unload_stale(host.root, runner, want_version=NEW) is True
+    assert runner.commands()[:2] == ["systemctl stop nvidia-persistenced.service", "kill 51"]
+    assert runner.commands()[-1] == "rmmod nvidia"
+    assert logs[-1]["daemons_stopped"] == ["nvidia-persistenced", "nvidia-gridd"]
+
+
+def test_daemons_are_left_alone_when_a_workload_holds_the_gpu(host):
+    held_by_daemons(host)
+    host.process(4242, "python3", ("/dev/nvidia0",))
+    runner = FakeRunner()
+    with pytest.raises(InstallError, match=r"4242 \(python3\)") as err:
+        modules.unload_stale(host.root, runner, want_version=NEW)
+    assert "nvidia-persiste" not in err.value.message  # only who blocks, not our daemons
+    assert runner.calls == []
+
+
+def test_a_daemon_that_will_not_die_is_named(host):
+    held_by_daemons(host)
+    runner = FakeRunner().on("kill")
+    with pytest.raises(InstallError, match=r"pid 50 \(nvidia-persiste\) has /dev/nvidia"):
+        modules.unload_stale(host.root, runner, want_version=NEW, daemon_wait=0)
+    assert runner.commands() == ["kill 50", "kill 51"]
+
+
 def test_a_module_in_use_means_reboot_required_and_nothing_is_unloaded(host):
     old_stack(host, drm_refcnt=1)  # e.g. a framebuffer console on nvidia_drm
     runner = FakeRunner()
