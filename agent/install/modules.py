@@ -44,7 +44,7 @@ WantedBy=multi-user.target
 # driver container stops them the same way before unloading), and later steps restart them.
 DRIVER_DAEMONS = ("nvidia-persistenced", "nvidia-gridd")
 DAEMON_STOP_WAIT = 10.0
-_GPU_DEVICE = re.compile(r"(^|/)dev/nvidia[^/]*$")
+_GPU_DEVICE = re.compile(r"(^|/)dev/nvidia")  # nvidia0, nvidiactl, nvidia-uvm, nvidia-caps/...
 _TASK_NAME_MAX = 15  # the kernel truncates /proc/PID/comm to 15 characters
 _DAEMON_COMMS = {name[:_TASK_NAME_MAX] for name in DRIVER_DAEMONS}
 

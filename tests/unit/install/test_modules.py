@@ -56,11 +56,13 @@ def test_unused_old_driver_is_unloaded_in_dependency_order(host):
 def test_a_process_holding_the_gpu_means_reboot_required(host):
     old_stack(host)
     host.process(4242, "python3", ("/dev/null", "/dev/nvidia0", "/dev/nvidiactl"))
-    host.process(4243, "bash", ("/dev/pts/0",))
+    host.process(4243, "bash", ("/dev/pts/0", "/usr/bin/nvidia-smi"))
+    host.process(4244, "dcgm", ("/dev/nvidia-caps/nvidia-cap2",))
     runner = FakeRunner()
     with pytest.raises(InstallError, match=r"reboot required.*4242 \(python3\)") as err:
         modules.unload_stale(host.root, runner, want_version=NEW)
     assert "4243" not in err.value.message and OLD in err.value.message
+    assert "4244 (dcgm)" in err.value.message
     assert err.value.exit_code == 6
     assert runner.calls == []
 
