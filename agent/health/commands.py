@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
@@ -86,6 +87,8 @@ def watch_command(settings: Settings, *, health: Health | None = None,
                       verdict_file=settings.verdict_file)
     if install_signals:
         _on_signals(monitor.stop)
+    # A probe must not wait out the default 5 ms GIL slice of a check thread parsing XML.
+    sys.setswitchinterval(0.0005)
     server = None
     if settings.listen is not None:
         app = HealthApp(monitor.cache, stale_after=monitor.stale_after)
