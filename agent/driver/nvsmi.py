@@ -55,6 +55,7 @@ class SmiOutcome:
     output: str  # its stdout and stderr
     report: NvsmiReport | None  # the parsed `nvidia-smi -q -x`, when it parsed
     reason: str | None  # why it is not healthy; None when exit 0 and a report
+    xml_reason: str | None = None  # why `-q -x` gave no report (None when it parsed)
 
     @property
     def ok(self) -> bool:
@@ -155,13 +156,17 @@ def run_smi(runner: HostRunner, *, timeout: float | None = None) -> SmiOutcome:
     if code != 0 and not why:
         tail = last_lines(output, 2)
         reasons.append(f"nvidia-smi exited {code}" + (f": {tail}" if tail else ""))
-    report = None
-    if code != 124:  # a hung driver would hang -q -x too
+    report, xml_reason = None, None
+    if code == 124:  # a hung driver would hang -q -x too
+        xml_reason = "not run: nvidia-smi timed out"
+    else:
         xcode, xml_out, xwhy = _run(runner, [SMI, "-q", "-x"], timeout)
         try:
             report = parse_report(xml_out)
         except NvsmiParseError as exc:
-            reasons.append(xwhy or f"nvidia-smi -q -x (exit {xcode}): {exc}")
-    outcome = SmiOutcome(code, output, report, "; ".join(reasons) or None)
+            xml_reason = xwhy or f"nvidia-smi -q -x (exit {xcode}): {exc}"
+    if xml_reason and not reasons:
+        reasons.append(xml_reason)
+    outcome = SmiOutcome(code, output, report, "; ".join(reasons) or None, xml_reason)
     log.debug("nvidia_smi", exit_code=code, parsed=report is not None, reason=outcome.reason)
     return outcome

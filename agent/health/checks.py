@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from agent.driver.license import classify_license
 from agent.driver.nvsmi import GpuReport, NvsmiReport, profile_of
+from agent.errors import last_lines
 from agent.health.observe import Observation
 from agent.health.verdict import FAIL, OK, SKIP, WARN, CheckResult
 
@@ -76,16 +77,22 @@ def check_nvidia_smi(obs: Observation, cfg: HealthConfig) -> CheckResult:
     smi = obs.smi
     if smi is None:
         return _r("nvidia_smi", SKIP, "not run")
+    if smi.exit_code == 127:
+        return _r("nvidia_smi", FAIL, "nvidia-smi is not installed on the host (exit 127)",
+                  exit_code=127)
     if smi.exit_code != 0:
-        return _r("nvidia_smi", FAIL, smi.reason or f"nvidia-smi exited {smi.exit_code}",
-                  exit_code=smi.exit_code)
+        tail = last_lines(smi.output, 2)
+        return _r("nvidia_smi", FAIL, f"nvidia-smi exited {smi.exit_code}"
+                  + (f": {tail}" if tail else ""), exit_code=smi.exit_code)
     return _r("nvidia_smi", OK, "nvidia-smi exits 0", exit_code=0)
 
 
 def check_gpus(obs: Observation, cfg: HealthConfig) -> CheckResult:
     report = _report(obs)
     if report is None:
-        why = obs.smi.reason if obs.smi else "nvidia-smi not run"
+        why = (obs.smi.xml_reason or obs.smi.reason) if obs.smi else "nvidia-smi not run"
+        if obs.smi is not None and obs.smi.exit_code == 127:
+            why = "nvidia-smi is not installed"
         return _r("gpus", FAIL, f"no nvidia-smi -q -x report: {why}")
     listed = {g.slot for g in report.gpus}
     missing = [slot for slot in obs.targets if slot not in listed]

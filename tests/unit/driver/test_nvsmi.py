@@ -120,13 +120,17 @@ def test_run_smi_prose():
     outcome = run_smi(FakeSmiRunner(plain_code=9, plain_out=prose, xml_code=9, xml_out=prose))
     assert outcome.report is None
     assert outcome.reason.startswith("nvidia-smi exited 9: NVIDIA-SMI has failed")
-    assert "nvidia-smi -q -x (exit 9): no XML report" in outcome.reason
+    assert outcome.reason == ("nvidia-smi exited 9: NVIDIA-SMI has failed because it couldn't "
+                              "communicate with the NVIDIA driver. Make sure that the latest "
+                              "NVIDIA driver is installed and running.")
+    assert outcome.xml_reason.startswith("nvidia-smi -q -x (exit 9): no XML report: NVIDIA-SMI")
 
 
 def test_run_smi_bad_xml_with_exit_0():
     outcome = run_smi(FakeSmiRunner(xml_out=fixture("truncated.xml")))
     assert outcome.exit_code == 0 and not outcome.ok
     assert "malformed XML report" in outcome.reason
+    assert outcome.reason == outcome.xml_reason
 
 
 def test_run_smi_timeout_does_not_try_xml():
@@ -134,6 +138,7 @@ def test_run_smi_timeout_does_not_try_xml():
     outcome = run_smi(runner, timeout=1)
     assert outcome.exit_code == 124
     assert outcome.reason == "`nvidia-smi` timed out"
+    assert outcome.xml_reason == "not run: nvidia-smi timed out"
     assert len(runner.calls) == 1
 
 

@@ -67,7 +67,8 @@ def test_module_not_loaded(node):
     assert verdict.state == UNHEALTHY
     assert status(verdict, "driver_loaded") == ("fail", "the nvidia kernel module is not loaded")
     assert status(verdict, "nvidia_smi")[1].startswith("nvidia-smi exited 9: NVIDIA-SMI has failed")
-    assert "no XML report" in status(verdict, "gpus")[1]
+    assert status(verdict, "gpus")[1].startswith(
+        "no nvidia-smi -q -x report: nvidia-smi -q -x (exit 0): no XML report: NVIDIA-SMI has")
     assert status(verdict, "license")[0] == "skip"
     assert not driver_healthy(verdict.checks)
 
@@ -250,3 +251,14 @@ def test_two_gpus_one_unlicensed(node):
     assert status(verdict, "gpus")[0] == "ok"
     assert status(verdict, "license") == (
         "fail", "00000000:00:03.0: not licensed (Unlicensed (Restricted))")
+
+
+def test_nvidia_smi_not_installed(node):
+    _, host = node
+    host.smi_code, host.smi_out = 127, "nsenter: failed to execute nvidia-smi: No such file\n"
+    host.xml = host.smi_out
+    verdict = verdict_of(node)
+    assert status(verdict, "nvidia_smi") == (
+        "fail", "nvidia-smi is not installed on the host (exit 127)")
+    assert status(verdict, "gpus") == ("fail", "no nvidia-smi -q -x report: nvidia-smi is not "
+                                               "installed")
