@@ -35,7 +35,7 @@ SCENARIOS = (
     "smi-exit-14", "installer-error", "old-driver-loaded", "no-gridd-unit",
 )
 # Stubs that shadow the host's own tools (PATH puts /usr/local/sbin first).
-SBIN_STUBS = ("modprobe", "rmmod", "lsmod", "insmod", "modinfo", "depmod", "dmesg",
+SBIN_STUBS = ("modprobe", "rmmod", "lsmod", "insmod", "dmesg",
               "update-initramfs", "mokutil", "systemctl")
 BIN_STUBS = ("uname", "apt-get", "dpkg", "dpkg-query")
 OS_RELEASE = """\

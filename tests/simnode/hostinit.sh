@@ -32,10 +32,15 @@ for d in /usr/src/*; do  # the machine's headers, read-only; apt's stash for hea
   mount --bind "$d" "usr/src/$name"
   mount -o remount,bind,ro "usr/src/$name"
 done
-mkdir -p var/lib/grid-sim/usr-src var/log var/cache var/tmp var/lib/dpkg var/run
+mkdir -p var/lib/grid-sim/usr-src var/log var/cache var/tmp var/lib/dpkg
+ln -s /run var/run; ln -s /run/lock var/lock
 mount --rbind /usr/src var/lib/grid-sim/usr-src
 mount -o remount,bind,ro var/lib/grid-sim/usr-src
-ln -sfn /run var/run 2>/dev/null || true
+# Never the real kernel: even an absolute /sbin/modprobe or /sbin/insmod is the fake.
+for tool in modprobe insmod rmmod lsmod; do
+  rm -f "usr/sbin/$tool"; ln -s /usr/local/lib/grid-sim/stub "usr/sbin/$tool"
+done
+rm -f usr/bin/systemctl; ln -s /usr/local/lib/grid-sim/stub usr/bin/systemctl
 
 mount -t tmpfs -o mode=1777 tmpfs tmp
 mount -t tmpfs -o mode=0755 tmpfs run
