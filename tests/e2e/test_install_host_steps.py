@@ -1,5 +1,6 @@
 """Host-preparation steps against the simulated node: real nsenter, real mounts, real locks."""
 
+import shutil
 import time
 
 import pytest
@@ -7,7 +8,7 @@ from tenacity.wait import wait_none
 
 from agent.errors import InstallError, PreflightError
 from agent.host.runner import HostRunner
-from agent.install import licensing, modules, nouveau, packages, preflight
+from agent.install import installer, licensing, modules, nouveau, packages, preflight
 from agent.settings import build_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.simnode]
@@ -180,3 +181,52 @@ def test_gridd_conf_and_unit_the_azure_way(simnode, runner):
     assert simnode.exec(["systemctl", "is-active", "nvidia-gridd"], check=False).returncode == 0
     assert licensing.ensure_gridd_conf(simnode.root) is False
     assert licensing.ensure_gridd_running(simnode.root, runner) is False
+
+
+@pytest.fixture
+def installed(simnode, runner, fake_run):
+    """The fake GRID driver on the node's disk, installed by its own .run (not loaded)."""
+    cache = simnode.path("/var/cache/grid-agent")
+    cache.mkdir(parents=True, exist_ok=True)
+    shutil.copy(fake_run, cache / fake_run.name)
+    installer.run_installer(simnode.root, runner, f"/var/cache/grid-agent/{fake_run.name}",
+                            "open", timeout=300)
+    runner.argvs.clear()
+    return simnode
+
+
+def test_load_makes_every_device_file_then_is_a_no_op(installed, runner):
+    assert modules.load_modules(installed.root, runner) is True
+    assert [a[0] for a in runner.argvs] == ["modprobe", "nvidia-modprobe", "nvidia-modprobe"]
+    for name in ("nvidia", "nvidia_uvm", "nvidia_modeset"):
+        assert modules.module_loaded(installed.root, name)
+    for node in modules.DEVICE_NODES:
+        assert installed.path(node).exists(), node
+    runner.argvs.clear()
+    assert modules.load_modules(installed.root, runner) is False
+    assert runner.argvs == []
+
+
+def test_licensing_with_the_drivers_template_and_unit(installed, runner):
+    assert licensing.ensure_gridd_conf(installed.root) is True
+    conf = installed.path(licensing.GRIDD_CONF).read_text()
+    assert "FeatureType=0" not in conf and "IgnoreSP=FALSE" in conf
+    assert licensing.ensure_gridd_running(installed.root, runner) is True
+    assert installed.exec(["systemctl", "is-enabled", "nvidia-gridd"], check=False).returncode == 0
+    installed.reboot()  # enabled: active again after a reboot, nothing to do
+    runner.argvs.clear()
+    assert licensing.ensure_gridd_conf(installed.root) is False
+    assert licensing.ensure_gridd_running(installed.root, runner) is False
+    assert [a[1] for a in runner.argvs] == ["is-enabled", "is-active"]
+
+
+def test_a_driver_without_the_gridd_unit_is_named(simnode, runner, fake_run):
+    simnode.set_scenarios("no-gridd-unit")
+    cache = simnode.path("/var/cache/grid-agent")
+    cache.mkdir(parents=True, exist_ok=True)
+    shutil.copy(fake_run, cache / fake_run.name)
+    installer.run_installer(simnode.root, runner, f"/var/cache/grid-agent/{fake_run.name}",
+                            "open", timeout=300)
+    assert licensing.ensure_gridd_conf(simnode.root) is True
+    with pytest.raises(InstallError, match=r"nvidia-gridd\.service systemd unit is missing"):
+        licensing.ensure_gridd_running(simnode.root, runner)
