@@ -133,6 +133,7 @@ def test_probes_hit_the_sidecars_real_endpoints_and_port(objects, pod):
 def test_metrics_service_targets_the_sidecar_port(objects, ds):
     svc = one(objects, "Service")
     assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True  # metrics of unhealthy nodes
     assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["health"]
     labels = ds["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= labels.items()
