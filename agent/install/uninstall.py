@@ -29,14 +29,10 @@ UNITS = tuple(f"{name}.service" for name in DAEMONS)
 @dataclass
 class UninstallReport:
     changed: list[str] = field(default_factory=list)  # the steps that changed the host
-    reboot_required: str | None = None
 
     def lines(self) -> list[str]:
         done = ", ".join(self.changed) or "nothing (already uninstalled)"
-        out = [f"uninstall finished; changed: {done}"]
-        if self.reboot_required:
-            out.append(f"reboot required to finish: {self.reboot_required}")
-        return out
+        return [f"uninstall finished; changed: {done}"]
 
 
 def stop_daemons(root: HostRoot, runner: HostRunner) -> bool:
@@ -103,14 +99,17 @@ def purge_cache(root: HostRoot) -> bool:
     return bool(entries)
 
 
-def _unload(root: HostRoot, runner: HostRunner, kit: Kit, report: UninstallReport) -> bool:
+def _unload(root: HostRoot, runner: HostRunner, kit: Kit) -> bool:
     try:
         # No version is wanted, so every loaded NVIDIA module counts as stale.
         return kit.unload_stale(root, runner, want_version="")
     except InstallError as exc:
-        report.reboot_required = exc.message
-        log.warning("modules_in_use", reason=exc.message)
-        return False
+        # The uninstaller cannot remove a driver in use either: stop here, withdrawn from
+        # the operator and with the daemons stopped, and say what holds the GPU.
+        raise InstallError(
+            f"{exc.message.split(';')[0]}; the hand-off is withdrawn and the daemons are "
+            "stopped, but the driver stays installed",
+            remedy="stop the GPU workloads (drain the node), then run uninstall again") from exc
 
 
 def uninstall(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, *,
@@ -120,7 +119,7 @@ def uninstall(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, 
     steps = [
         ("unpublish", lambda: kit.unpublish(root, runner)),
         ("stop_daemons", lambda: stop_daemons(root, runner)),
-        ("unload", lambda: _unload(root, runner, kit, report)),
+        ("unload", lambda: _unload(root, runner, kit)),
         ("uninstaller", lambda: remove_driver(root, runner, timeout=settings.install_timeout)),
         ("record", lambda: remove_record(root)),
     ]

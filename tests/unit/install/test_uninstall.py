@@ -64,14 +64,17 @@ def test_prefers_the_installed_uninstaller(node):
     assert [un.UNINSTALLER, "--silent"] in runner.argvs
 
 
-def test_modules_in_use_are_reported_not_forced(node):
+def test_modules_in_use_stop_before_the_uninstaller(node):
     def busy(root, runner, *, want_version):
-        raise InstallError("reboot required: nvidia is in use by pid 42 (python3)")
+        raise InstallError("reboot required: nvidia is in use (pid 42 (python3)); it cannot")
 
     kit = node.kit().__class__(**{**node.kit().__dict__, "unload_stale": busy})
-    report = un.uninstall(settings(), node.root, Runner(), kit, purge=False)
-    assert "pid 42" in report.reboot_required
-    assert any("reboot required" in ln for ln in report.lines())
+    runner = Runner()
+    with pytest.raises(InstallError, match=r"pid 42 \(python3\)\); the hand-off is withdrawn"):
+        un.uninstall(settings(), node.root, runner, kit, purge=False)
+    assert not node.marker
+    assert not any(a[0] == "sh" for a in runner.argvs)
+    assert read_record(node.root) is not None
 
 
 def test_uninstaller_failure_is_exit_6_with_error_lines(node):
