@@ -63,10 +63,10 @@ def enable(unit: str) -> None:
 
 
 def main(_cmd: str) -> None:
-    args = [a for a in sys.argv[1:] if a not in ("--quiet", "-q", "--no-pager", "--system")]
-    now = "--now" in args
-    args = [a for a in args if a != "--now"]
-    quiet = len(args) != len(sys.argv[1:]) - int(now)
+    argv = sys.argv[1:]
+    quiet = "--quiet" in argv or "-q" in argv
+    now = "--now" in argv
+    args = [a for a in argv if a not in ("--quiet", "-q", "--no-pager", "--system", "--now")]
     if not args:
         s.die("systemctl: the simulated node supports unit verbs only")
     verb, units = args[0], [unit_name(u) for u in args[1:]]

@@ -1,0 +1,225 @@
+"""Each scenario changes what the simulated node's stubs report (issue 3, item 4)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import struct
+import time
+
+import pytest
+
+from agent.driver.nvsmi import parse_report
+from tests.simnode.host import SCENARIOS
+
+pytestmark = pytest.mark.simnode
+
+RUN = "/var/cache/grid-agent/NVIDIA-Linux-x86_64-580.105.08-grid-azure.run"
+LOG = "/var/log/nvidia-installer.log"
+
+
+def install(node, fake_run, module_type="proprietary", check=True):
+    target = node.path(RUN)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(fake_run, target)
+    return node.exec(["sh", RUN, "--silent", "--no-drm", "-M", module_type], check=check)
+
+
+def load(node, check=True):
+    return node.exec(["modprobe", "-a", "nvidia", "nvidia-uvm", "nvidia-modeset"], check=check)
+
+
+def gpu(node):
+    return parse_report(node.exec(["nvidia-smi", "-q", "-x"]).stdout).gpus[0]
+
+
+@pytest.fixture
+def driven(simnode, fake_run):
+    """A node with the fake driver installed and loaded (scenario healthy)."""
+    install(simnode, fake_run)
+    load(simnode)
+    return simnode
+
+
+def test_every_contract_scenario_is_known():
+    assert len(SCENARIOS) == 15 and "healthy" in SCENARIOS
+
+
+def test_healthy_reports_a_licensed_vgpu_with_mig(driven):
+    assert driven.exec(["nvidia-smi"]).returncode == 0
+    g = gpu(driven)
+    assert g.license_status.startswith("Licensed (Expiry")
+    assert (g.mig_current, g.product_name.endswith("DC-4-96Q")) == ("Enabled", True)
+
+
+@pytest.mark.parametrize(("scenario", "field", "value"), [
+    ("unlicensed", "license_status", "Unlicensed (Restricted)"),
+    ("wrong-profile", "product_name", "NVIDIA RTX Pro 6000 Blackwell DC-2-48Q"),
+    ("mig-disabled", "mig_current", "Disabled"),
+])
+def test_report_scenarios(driven, scenario, field, value):
+    driven.set_scenarios(scenario)
+    assert getattr(gpu(driven), field) == value
+    assert driven.exec(["nvidia-smi"]).returncode == 0
+
+
+def test_smi_exit_14_prints_the_table_and_exits_14(driven):
+    driven.set_scenarios("smi-exit-14")
+    out = driven.exec(["nvidia-smi"], check=False)
+    assert out.returncode == 14 and "Driver Version: 580.105.08" in out.stdout
+    assert "infoROM is corrupted" in out.stderr
+
+
+def test_requires_open_fails_the_proprietary_load_with_the_nvrm_line(simnode, fake_run):
+    simnode.set_scenarios("requires-open")
+    failed = install(simnode, fake_run, "proprietary", check=False)
+    assert failed.returncode == 1
+    assert "Unable to load the kernel module 'nvidia.ko'" in simnode.path(LOG).read_text()
+    assert "requires use of the NVIDIA open kernel modules" in simnode.exec(["dmesg"]).stdout
+    recommended = simnode.exec(["sh", RUN, "--print-recommended-kernel-module-type"])
+    assert recommended.stdout.split()[-1] == "open"
+    simnode.exec(["sh", RUN, "--silent", "-M", "proprietary", "--skip-module-load"])
+    out = load(simnode, check=False)
+    assert out.returncode == 1 and "No such device" in out.stderr
+    assert not simnode.path("/sys/module/nvidia").exists()
+    install(simnode, fake_run, "open")
+    load(simnode)
+    assert "Open Kernel Module" in simnode.path("/proc/driver/nvidia/version").read_text()
+
+
+def test_secure_boot_is_on_in_efi_mokutil_and_the_loader(simnode, fake_run):
+    install(simnode, fake_run)
+    assert simnode.exec(["mokutil", "--sb-state"]).stdout.strip() == "SecureBoot disabled"
+    simnode.set_scenarios("secure-boot")
+    assert simnode.exec(["mokutil", "--sb-state"]).stdout.strip() == "SecureBoot enabled"
+    var = simnode.path("/sys/firmware/efi/efivars/"
+                       "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c").read_bytes()
+    assert var[4] == 1
+    out = load(simnode, check=False)
+    assert out.returncode == 1 and "Key was rejected by service" in out.stderr
+
+
+def test_nouveau_loaded_until_blacklisted_and_rebooted(simnode):
+    simnode.set_scenarios("nouveau-loaded")
+    assert simnode.path("/sys/module/nouveau/refcnt").exists()
+    assert "nouveau" in simnode.exec(["lsmod"]).stdout
+    simnode.reboot()
+    assert simnode.path("/sys/module/nouveau").exists()  # not blacklisted: back after boot
+    simnode.exec(["sh", "-c", "echo 'blacklist nouveau' > /etc/modprobe.d/blacklist-nouveau.conf"])
+    simnode.exec(["rmmod", "nouveau"])
+    assert not simnode.path("/sys/module/nouveau").exists()
+    simnode.reboot()
+    assert not simnode.path("/sys/module/nouveau").exists()
+
+
+def test_headers_missing_then_apt_installs_them(simnode):
+    release = simnode.kernel_release
+    simnode.set_scenarios("headers-missing")
+    assert not simnode.path(f"/usr/src/linux-headers-{release}").exists()
+    assert not simnode.path(f"/lib/modules/{release}/build").is_symlink()
+    query = simnode.exec(["dpkg-query", "-W", f"linux-headers-{release}"], check=False)
+    assert query.returncode == 1
+    simnode.exec(["apt-get", "-q", "-y", "install", f"linux-headers-{release}"])
+    assert (simnode.root.resolve(f"/lib/modules/{release}/build") / "Makefile").exists()
+    assert simnode.exec(["dpkg-query", "-W", f"linux-headers-{release}"]).returncode == 0
+
+
+def test_apt_offline_fails_like_apt(simnode):
+    release = simnode.kernel_release
+    simnode.set_scenarios("headers-missing", "apt-offline")
+    update = simnode.exec(["apt-get", "update"])
+    assert "Temporary failure resolving" in update.stdout + update.stderr
+    out = simnode.exec(["apt-get", "-y", "install", f"linux-headers-{release}"], check=False)
+    assert out.returncode == 100 and "E: Unable to fetch some archives" in out.stderr
+    assert not simnode.path(f"/usr/src/linux-headers-{release}").exists()
+
+
+def test_dpkg_locked_holds_a_real_lock_for_a_few_seconds(simnode):
+    simnode.set_scenarios("headers-missing", "dpkg-locked")
+    fd = os.open(simnode.path("/var/lib/dpkg/lock-frontend"), os.O_RDONLY)
+    try:
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0)
+        l_type = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, query))[0]
+    finally:
+        os.close(fd)
+    assert l_type == fcntl.F_WRLCK  # what an agent outside the namespace sees
+    busy = simnode.exec(["apt-get", "-y", "install", "gcc"], check=False)
+    assert busy.returncode == 100 and "Could not get lock" in busy.stderr
+    assert "(unattended-upgr)" in busy.stderr
+    started = time.monotonic()
+    simnode.exec(["apt-get", "-o", "DPkg::Lock::Timeout=30", "-y", "install",
+                  f"linux-headers-{simnode.kernel_release}"])
+    assert 1.0 < time.monotonic() - started < 15
+
+
+def test_module_in_use_raises_refcnt_and_blocks_rmmod(driven):
+    assert driven.path("/sys/module/nvidia/refcnt").read_text() == "2\n"
+    driven.set_scenarios("module-in-use")
+    assert driven.path("/sys/module/nvidia/refcnt").read_text() == "3\n"
+    for mod in ("nvidia_modeset", "nvidia_uvm"):
+        driven.exec(["rmmod", mod])
+    out = driven.exec(["rmmod", "nvidia"], check=False)
+    assert out.returncode == 1 and "Module nvidia is in use" in out.stderr
+    holders = [p for p in driven.path("/proc").iterdir() if p.name.isdigit()
+               and (p / "comm").read_text().strip() == "cuda-app"]
+    assert holders and "/dev/nvidia0" in [os.readlink(f) for f in (holders[0] / "fd").iterdir()]
+    driven.set_scenarios("healthy")
+    driven.exec(["rmmod", "nvidia"])
+
+
+def test_installer_error_writes_error_lines_and_exits_1(simnode, fake_run):
+    simnode.set_scenarios("installer-error")
+    out = install(simnode, fake_run, check=False)
+    assert out.returncode == 1
+    errors = [ln for ln in simnode.path(LOG).read_text().splitlines() if ln.startswith("ERROR:")]
+    assert any("Building kernel modules" in ln for ln in errors)
+
+
+def test_old_driver_loaded_reports_the_old_version(simnode, fake_run):
+    simnode.set_scenarios("old-driver-loaded")
+    assert simnode.path("/sys/module/nvidia/version").read_text() == "570.172.08\n"
+    assert "Kernel Module  570.172.08" in simnode.path("/proc/driver/nvidia/version").read_text()
+    install(simnode, fake_run, check=False)
+    for mod in ("nvidia_modeset", "nvidia_uvm", "nvidia"):
+        simnode.exec(["rmmod", mod])
+    install(simnode, fake_run)
+    load(simnode)
+    assert simnode.path("/sys/module/nvidia/version").read_text() == "580.105.08\n"
+
+
+def test_old_driver_loaded_under_a_new_userspace_is_a_version_mismatch(simnode, fake_run):
+    install(simnode, fake_run)
+    simnode.set_scenarios("old-driver-loaded")
+    out = simnode.exec(["nvidia-smi"], check=False)
+    assert out.returncode == 18 and "Driver/library version mismatch" in out.stdout
+
+
+def test_no_gridd_unit(simnode, fake_run):
+    simnode.set_scenarios("no-gridd-unit")
+    install(simnode, fake_run)
+    assert simnode.path("/usr/bin/nvidia-gridd").exists()
+    assert not simnode.path("/lib/systemd/system/nvidia-gridd.service").exists()
+    out = simnode.exec(["systemctl", "enable", "--now", "nvidia-gridd"], check=False)
+    assert out.returncode == 1 and "does not exist" in out.stderr
+
+
+def test_systemctl_records_units_and_a_reboot_starts_the_enabled(simnode, fake_run):
+    install(simnode, fake_run)
+    simnode.exec(["systemctl", "enable", "--now", "nvidia-gridd.service"])
+    assert simnode.exec(["systemctl", "is-active", "nvidia-gridd"]).stdout.strip() == "active"
+    simnode.exec(["systemctl", "stop", "nvidia-gridd"])
+    assert simnode.exec(["systemctl", "is-active", "--quiet", "nvidia-gridd"],
+                        check=False).returncode == 3
+    simnode.reboot()
+    assert simnode.exec(["systemctl", "is-enabled", "nvidia-gridd"]).returncode == 0
+    assert simnode.exec(["systemctl", "is-active", "nvidia-gridd"]).returncode == 0
+
+
+def test_reboot_autoloads_an_installed_driver_or_not(simnode, fake_run):
+    install(simnode, fake_run)
+    simnode.reboot(autoload=True)
+    assert simnode.path("/sys/module/nvidia/version").read_text() == "580.105.08\n"
+    simnode.reboot(autoload=False)
+    assert not simnode.path("/sys/module/nvidia").exists()
+    assert not simnode.path("/proc/driver/nvidia").exists()
