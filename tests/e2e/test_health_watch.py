@@ -1,0 +1,87 @@
+"""`grid-agent watch` against the simulated node: ready, not ready, self-heal, SIGTERM."""
+
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.install.publish import MARKER_CONTENT
+from tests.e2e import installrun
+from tests.e2e.healthrun import start_watch
+from tests.e2e.installrun import MARKER, driver_root_mounted, host_text, run_agent
+
+catalog = installrun.catalog  # the fixture: the pinned driver served on loopback
+
+pytestmark = [pytest.mark.e2e, pytest.mark.simnode]
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def install(simnode, env):
+    run = run_agent(simnode.agent_args(), env, "install")
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def metric(text, name, **labels):
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    raise KeyError(name)
+
+
+def test_watch_ready_unready_reboot_heal_and_sigterm(simnode, catalog, tmp_path):
+    install(simnode, catalog)
+    watch = start_watch(simnode, catalog, tmp_path)
+    try:
+        watch.wait_event("health_verdict", ready=True)
+        assert get(watch.url("/readyz"))[0] == 200
+        status, text = get(watch.url("/metrics"))
+        assert status == 200 and metric(text, "grid_agent_driver_ready") == 1.0
+        assert metric(text, "grid_agent_install_info", outcome="installed") == 1.0
+
+        simnode.set_scenarios("unlicensed")
+        bad = watch.wait_event("health_verdict", ready=False)
+        assert bad["reason"].startswith("license: not licensed (Unlicensed")
+        status, body = get(watch.url("/readyz"))
+        assert status == 503 and "license" in body
+        simnode.set_scenarios("healthy")
+        watch.wait_event("health_verdict", count=len(watch.named("health_verdict")) + 1,
+                         ready=True)
+
+        simnode.reboot()  # /run emptied: marker and mount gone, the driver autoloaded
+        watch.wait_event("self_heal", action="published")
+        assert host_text(simnode, MARKER) == MARKER_CONTENT and driver_root_mounted(simnode)
+        assert get(watch.url("/readyz"))[0] == 200
+
+        began = time.monotonic()
+        assert watch.stop() == 0
+        assert time.monotonic() - began < 1.5  # within a second, plus umockdev-run's exit
+    finally:
+        watch.stop()
+    assert host_text(simnode, MARKER) == MARKER_CONTENT and driver_root_mounted(simnode)
+    assert simnode.path("/sys/module/nvidia/refcnt").exists()  # SIGTERM never unloads
+
+
+def test_watch_withdraws_a_marker_when_the_driver_is_gone(simnode, catalog, tmp_path):
+    install(simnode, catalog)
+    simnode.reboot(autoload=False)
+    marker = simnode.path(MARKER)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(MARKER_CONTENT)  # a stale marker, e.g. from an old-style script
+    watch = start_watch(simnode, catalog, tmp_path)
+    try:
+        watch.wait_event("self_heal", action="marker_removed")
+        assert host_text(simnode, MARKER) is None
+        status, body = get(watch.url("/readyz"))
+        assert status == 503 and "driver_loaded" in body
+    finally:
+        assert watch.stop() == 0
