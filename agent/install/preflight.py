@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import structlog
 
@@ -48,6 +48,23 @@ def check_nsenter(runner: HostRunner) -> None:
                 remedy="run the pod privileged with hostPID: true") from exc
         raise PreflightError(f"cannot run commands on the host: {exc.message}",
                              remedy="check --host-pid and that nsenter works") from exc
+
+
+def check_host_pid(root: HostRoot, pid: int | None) -> None:
+    """nsenter's target must be the host's PID 1: without hostPID it is the pod's own init."""
+    if pid is None:
+        return  # on the VM itself: no namespaces to enter
+    try:
+        target = str(Path(f"/proc/{pid}/ns/mnt").readlink())
+        host = str(root.path("/proc/1/ns/mnt").readlink())
+    except OSError as exc:
+        log.warning("host_pid_unverified", reason=str(exc))
+        return
+    if target != host:
+        raise PreflightError(
+            f"PID {pid} is not the host's init (its mount namespace {target} is not the "
+            f"host's {host}): host commands would run inside the pod",
+            remedy="run the pod privileged with hostPID: true")
 
 
 def host_kernel_release(runner: HostRunner) -> str:
@@ -230,6 +247,7 @@ def check_headers(root: HostRoot, kernel_release: str) -> bool:
 def run_preflight(settings: Settings, root: HostRoot, runner: HostRunner) -> Preflight:
     """Every check, cheapest first; the first failure raises PreflightError (exit 4)."""
     check_nsenter(runner)
+    check_host_pid(root, getattr(runner, "pid", None))
     os_id, os_version = check_os(root, allow_unsupported=settings.allow_unsupported_os)
     secure_boot = check_secure_boot(root, runner)
     check_run_shared(root)

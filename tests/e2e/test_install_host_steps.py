@@ -81,6 +81,16 @@ def test_nsenter_without_privilege_says_privileged_hostpid(simnode, tmp_path):
     assert err.value.remedy == "run the pod privileged with hostPID: true"
 
 
+def test_without_host_pid_nsenter_would_enter_the_pod_itself(simnode):
+    # The pod's own PID (what PID 1 is without hostPID) against the host's /proc/1.
+    import os
+
+    with pytest.raises(PreflightError, match="is not the host's init") as err:
+        preflight.check_host_pid(simnode.root, os.getpid())
+    assert "hostPID: true" in err.value.remedy
+    preflight.check_host_pid(simnode.root, simnode.pid)
+
+
 def test_missing_headers_are_installed_then_left_alone(simnode, runner):
     simnode.set_scenarios("headers-missing")
     kver = simnode.kernel_release

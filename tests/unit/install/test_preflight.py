@@ -192,3 +192,24 @@ def test_not_enough_disk_is_refused_with_numbers(host):
     with pytest.raises(PreflightError, match="not enough free space"):
         pf.run_preflight(settings(min_free_mb=str(1 << 40)), host.root, runner())
 
+
+
+def test_host_pid_matches_when_the_root_shows_our_own_proc(tmp_path):
+    tree = Tree(tmp_path)
+    tree.link("/proc/1/ns/mnt", os.readlink("/proc/self/ns/mnt"))
+    pf.check_host_pid(tree.root, os.getpid())
+    pf.check_host_pid(tree.root, None)  # --no-nsenter: nothing to compare
+
+
+def test_without_host_pid_the_target_is_the_pods_own_init(tmp_path):
+    tree = Tree(tmp_path)
+    tree.link("/proc/1/ns/mnt", "mnt:[4026531841]")
+    with pytest.raises(PreflightError, match="is not the host's init") as err:
+        pf.check_host_pid(tree.root, os.getpid())
+    assert err.value.remedy == "run the pod privileged with hostPID: true"
+
+
+def test_unreadable_namespaces_only_warn(tmp_path):
+    with capture_logs() as logs:
+        pf.check_host_pid(Tree(tmp_path).root, os.getpid())
+    assert logs[0]["event"] == "host_pid_unverified"
