@@ -1,5 +1,6 @@
 """Host-preparation steps against the simulated node: real nsenter, real mounts, real locks."""
 
+import os
 import shutil
 import time
 
@@ -83,8 +84,6 @@ def test_nsenter_without_privilege_says_privileged_hostpid(simnode, tmp_path):
 
 def test_without_host_pid_nsenter_would_enter_the_pod_itself(simnode):
     # The pod's own PID (what PID 1 is without hostPID) against the host's /proc/1.
-    import os
-
     with pytest.raises(PreflightError, match="is not the host's init") as err:
         preflight.check_host_pid(simnode.root, os.getpid())
     assert "hostPID: true" in err.value.remedy
