@@ -55,10 +55,16 @@ def resolve_pin(settings: Settings, kit: Kit) -> Pin:
 
 
 def record_matches(record: InstallRecord | None, pin: Pin) -> str | None:
-    """None when the record describes a successful install of this pin, else why not."""
+    """None when the record says this pin was built and installed, else why not.
+
+    A run that failed only verification (exit 7) had installed the driver: rebuilding
+    would need an unload, i.e. a reboot on a node with GPU workloads, and fixes nothing
+    the load, licensing and verify steps cannot.
+    """
     if record is None:
         return "no install record"
-    if record.outcome not in SUCCESS_OUTCOMES:
+    built = record.outcome in SUCCESS_OUTCOMES or record.exit_code == VerifyError.exit_code
+    if not built:
         return f"last run ended {record.outcome} (exit {record.exit_code})"
     if record.version != pin.release.version:
         return f"recorded version {record.version} is not {pin.release.version}"
@@ -80,7 +86,6 @@ class Flow:
     kernel_release: str = ""
     run_path: str = ""  # the .run by its host path
     module_type: str = ""
-    force_install: bool = False
     install_reason: str | None = None  # why the installer must run; None: built already
     fast: bool = False
     verified: Any = None
@@ -134,8 +139,8 @@ class Flow:
             try:
                 self.verified = self._verify()
             except VerifyError as exc:
+                # The full path re-runs load, persistence and licensing, which may fix it.
                 why = f"verification failed: {exc.message}"
-                self.force_install = True  # what is on disk is suspect: rebuild it
         if why is not None:
             log.info("fast_path_declined", reason=why)
             return False
@@ -187,8 +192,6 @@ class Flow:
             return why
         if record.kernel_release != self.kernel_release:
             return f"built for kernel {record.kernel_release}"
-        if self.force_install:
-            return "the installed driver failed verification"
         modules = self.root.path(f"/lib/modules/{self.kernel_release}")
         if not any(modules.rglob("nvidia.ko*")):
             return f"no nvidia.ko under /lib/modules/{self.kernel_release}"

@@ -147,13 +147,18 @@ def test_verify_failure_is_exit_7_recorded_and_never_published(node):
     assert (rec.outcome, rec.exit_code) == ("failed", 7)
 
 
-def test_fast_path_verify_failure_rebuilds(node):
+def test_fast_path_verify_failure_reruns_host_steps_without_rebuilding(node):
     install(node)
     node.smi_exit = 14
     node.calls.clear()
     with pytest.raises(VerifyError):
         install(node)
-    assert "run_installer" in node.names()
+    assert "run_installer" not in node.names() and "unload_stale" in node.names()
+    assert "ensure_gridd_running" in node.names()
+    assert (read_record(node.root).outcome, node.state.loaded) == ("failed", True)
+    node.smi_exit = 0  # e.g. gridd came up: the next run needs no rebuild either
+    node.calls.clear()
+    assert install(node).outcome == "fast_path"
 
 
 def test_preflight_failure_changes_nothing_and_records_failure(node):
