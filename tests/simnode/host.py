@@ -82,6 +82,14 @@ class SimNode:
         self.pid = 0
         self.root = HostRoot(Path("/nonexistent"))
 
+    @classmethod
+    def attach(cls, pid: int, kernel_release: str) -> SimNode:
+        """A handle on a node started by another process (scripts/simnode)."""
+        node = cls(kernel_release)
+        node.pid = pid
+        node.root = HostRoot(Path(f"/proc/{pid}/root"))
+        return node
+
     # -- life cycle ---------------------------------------------------------------------
 
     def __enter__(self) -> SimNode:
@@ -99,8 +107,10 @@ class SimNode:
             self._stage.mkdir(parents=True, exist_ok=True)
         argv = ["unshare", "--mount", "--pid", "--fork", "--kill-child",
                 "--propagation", "private", "--", "/bin/sh", str(INIT), str(self._stage)]
+        # A file, not a pipe, for stderr: a node started by scripts/simnode outlives us.
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as the node)
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, start_new_session=True)
+                                      stderr=self._err, start_new_session=True)
         try:
             self._wait_ready()
             self.pid = self._inner_pid()
@@ -113,13 +123,26 @@ class SimNode:
             raise
         return self
 
+    def detach(self) -> None:
+        """Leave the node running after this process exits (scripts/simnode up)."""
+        if self._proc is not None and self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._proc = None
+        self._stage = None
+
+    @property
+    def unshare_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def _wait_ready(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
         ready, _, _ = select.select([self._proc.stdout], [], [], READY_TIMEOUT)
         line = self._proc.stdout.readline() if ready else b""
         if line.strip() != b"ready":
             self._proc.kill()
-            err = self._proc.stderr.read() if self._proc.stderr else b""
+            self._proc.wait()
+            self._err.seek(0)
+            err = self._err.read()
             raise SimNodeError(f"simulated host did not come up: {err.decode(errors='replace')}")
         self._proc.stdout.close()
 
@@ -141,9 +164,9 @@ class SimNode:
             except subprocess.TimeoutExpired:
                 _kill(self._proc.pid)
                 self._proc.wait(timeout=5)
-            for stream in (self._proc.stdout, self._proc.stderr):
-                if stream is not None:
-                    stream.close()
+            if self._proc.stdout is not None:
+                self._proc.stdout.close()
+            self._err.close()
             self._proc = None
         if self.pid:
             _wait_gone(self.pid)

@@ -35,7 +35,7 @@ def test_up_and_down_in_well_under_a_second():
 def test_teardown_leaves_no_process_and_no_mount():
     before = machine_mounts()
     node = SimNode().start()
-    pid, upid, stage = node.pid, node._proc.pid, node._stage
+    pid, upid, stage = node.pid, node.unshare_pid, node._stage
     node.exec(["sh", "-c", "sleep 300 >/dev/null 2>&1 & mkdir -p /run/leak-check && "
                "mount --rbind / /run/leak-check && "
                "mkdir -p /run/leak && mount -t tmpfs x /run/leak"])
