@@ -96,6 +96,11 @@ def test_smi_exit_14_is_exit_7_and_never_published(simnode, catalog):
     result = install(simnode, catalog)
     assert_failed(simnode, result, 7, "nvidia-smi exited 14")
     assert "publish" not in result.steps()
+    simnode.set_scenarios("healthy")  # nvidia-smi recovers: no rebuild needed to converge
+    again = install(simnode, catalog)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.named("fast_path_taken") and "installer" not in again.steps()
+    assert host_text(simnode, MARKER) == MARKER_CONTENT
 
 
 def test_nouveau_loaded_is_blacklisted_and_unloaded(simnode, catalog):
