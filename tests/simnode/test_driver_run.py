@@ -134,3 +134,15 @@ def test_uninstall_removes_what_the_install_put(simnode, fake_run):
     assert not simnode.path(f"/lib/modules/{simnode.kernel_release}/kernel/drivers/video/"
                             "nvidia.ko").exists()
     assert "is complete" in simnode.path("/var/log/nvidia-uninstall.log").read_text()
+
+
+def test_without_a_cached_build_the_installer_runs_kbuild_in_the_host(simnode, tmp_path):
+    from tests.simnode.driver_run import build_fake_run
+
+    bare = build_fake_run(tmp_path, releases=[])  # no .ko inside: kbuild at install time
+    result = install(simnode, bare, "-M", "open")
+    assert result.returncode == 0, simnode.path(LOG).read_text()[-2000:]
+    log = simnode.path(LOG).read_text()
+    assert f"make -C /lib/modules/{simnode.kernel_release}/build" in log and "MODPOST" in log
+    ko = simnode.path(f"/lib/modules/{simnode.kernel_release}/kernel/drivers/video/nvidia.ko")
+    assert "license=Dual MIT/GPL" in ko.read_bytes().decode("latin-1")
