@@ -113,3 +113,16 @@ def test_run_reports_in_plain_words_and_dry_run_changes_nothing(simnode, catalog
     assert "verdict:" in done.stdout and "(ready)" in done.stdout
     plan = run_agent(simnode.agent_args(), catalog, "install", "--dry-run")
     assert "only (re)publish" in plan.stdout
+
+
+def test_auto_module_type_and_dkms_when_the_host_has_it(simnode, catalog):
+    dkms = simnode.path("/usr/local/sbin/dkms")
+    dkms.write_text("#!/bin/sh\nexit 0\n")
+    dkms.chmod(0o755)
+    result = install(simnode, {**catalog, "GRID_AGENT_KERNEL_MODULE_TYPE": "auto"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    argv = result.named("installer_started")[0]["argv"]
+    assert "--dkms" in argv
+    chosen = argv[argv.index("-M") + 1]
+    assert chosen in ("open", "proprietary")
+    assert record(simnode)["module_type"] == chosen
