@@ -11,6 +11,7 @@ namespace and every mount in it: nothing is left on the machine.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import select
 import shutil
@@ -49,6 +50,7 @@ ID_LIKE=debian
 UBUNTU_CODENAME=jammy
 """
 READY_TIMEOUT = 15.0
+PR_SET_PDEATHSIG = 1
 
 
 def machine_kernel_releases() -> list[str]:
@@ -67,7 +69,7 @@ class SimNode:
     """A simulated host the agent targets with `--host-pid PID --host-root /proc/PID/root`."""
 
     def __init__(self, kernel_release: str | None = None, scenarios: Iterable[str] = (),
-                 stage_dir: Path | None = None) -> None:
+                 stage_dir: Path | None = None, die_with_parent: bool = True) -> None:
         releases = machine_kernel_releases()
         if kernel_release is None:
             if not releases:
@@ -77,6 +79,7 @@ class SimNode:
         self.kernel_release = kernel_release
         self._initial = tuple(scenarios)
         self._stage_dir = stage_dir
+        self._die_with_parent = die_with_parent
         self._stage: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self.pid = 0
@@ -110,7 +113,9 @@ class SimNode:
         # A file, not a pipe, for stderr: a node started by scripts/simnode outlives us.
         self._err = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as the node)
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=self._err, start_new_session=True)
+                                      stderr=self._err, start_new_session=True,
+                                      preexec_fn=_die_with_parent if self._die_with_parent
+                                      else None)
         try:
             self._wait_ready()
             self.pid = self._inner_pid()
@@ -243,6 +248,12 @@ class SimNode:
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(f"{SIM_LIB}/stub")
         self.exec([f"{SIM_LIB}/simctl", "boot"])
+
+
+def _die_with_parent() -> None:
+    # A killed pytest takes its nodes along: unshare gets SIGKILL, --kill-child the rest.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _kill(pid: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -126,3 +127,21 @@ def test_reboot_empties_run_and_module_state_and_keeps_the_disk(simnode):
     assert not simnode.path("/sys/module/nvidia").exists()
     assert simnode.path("/etc/kept").exists() and simnode.path("/var/kept").exists()
     assert simnode.path("/run/systemd/system").is_dir()
+
+
+def test_a_killed_parent_takes_its_node_along():
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from tests.simnode.host import SimNode;"
+            "n = SimNode().start(); print(n.pid, n.unshare_pid, flush=True);"
+            "import time; time.sleep(60)")
+    repo = str(Path(__file__).resolve().parents[2])
+    parent = subprocess.Popen([sys.executable, "-c", code, repo], stdout=subprocess.PIPE,
+                              text=True)
+    pid, upid = map(int, parent.stdout.readline().split())
+    parent.kill()
+    parent.wait()
+    parent.stdout.close()
+    deadline = time.monotonic() + 10
+    while (Path(f"/proc/{pid}").exists() or Path(f"/proc/{upid}").exists()) and \
+            time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not Path(f"/proc/{pid}").exists() and not Path(f"/proc/{upid}").exists()
