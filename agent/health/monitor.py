@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -131,6 +132,16 @@ def _cycle_with_heal(health: Health, healer: Healer | None) -> tuple[Verdict, st
     return health.verdict(obs, started, began, facts), action
 
 
+def _lower_priority(nice: int) -> None:
+    """Renice this thread only (a Linux thread is a task); the processes it forks inherit it."""
+    if nice <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as exc:  # best effort: a seccomp profile may forbid it
+        log.debug("check_priority_unchanged", error=exc.strerror)
+
+
 @dataclass
 class Monitor:
     """Runs cycles every interval (+ jitter) until `stop` is set; never unloads or unmounts."""
@@ -144,6 +155,7 @@ class Monitor:
     verdict_file: Path | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     rng: random.Random = field(default_factory=random.Random)
+    check_nice: int = 10  # the check thread and the host commands it starts yield to probes
     _worker: threading.Thread | None = None
 
     @property
@@ -164,6 +176,7 @@ class Monitor:
         box: dict[str, Any] = {}
 
         def work() -> None:
+            _lower_priority(self.check_nice)
             try:
                 box["result"] = _cycle_with_heal(self.health, self.healer)
             except Exception as exc:  # a bug in a check must not stop the sidecar

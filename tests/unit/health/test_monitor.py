@@ -167,3 +167,19 @@ def test_jitter_is_added_to_the_interval(tmp_path):
     m.stop.is_set = lambda: len(waits) >= 3
     m.run()
     assert len(waits) == 3 and all(0.0 <= w <= 0.2 for w in waits) and len(set(waits)) > 1
+
+
+def test_checks_run_at_a_lower_priority_than_the_probes(tmp_path):
+    import os
+    healthy_node(tmp_path)
+    seen = []
+
+    def scan():
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return []
+
+    m = monitor(tmp_path, FakeHost(tmp_path))
+    m.health = m.health.__class__(**{**m.health.__dict__, "scan_pci": scan})
+    m.step()
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == [min(mine + 10, 19)]
