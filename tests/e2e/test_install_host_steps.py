@@ -5,6 +5,7 @@ import shutil
 import time
 
 import pytest
+import structlog
 from tenacity.wait import wait_none
 
 from agent.errors import InstallError, PreflightError
@@ -13,6 +14,13 @@ from agent.install import installer, licensing, modules, nouveau, packages, pref
 from agent.settings import build_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.simnode]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging():
+    # These steps log in this process; a CLI test earlier in the session may have left
+    # structlog printing to its CliRunner's stream, closed by now.
+    structlog.reset_defaults()
 
 
 def settings_for(node, **env):
