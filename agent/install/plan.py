@@ -9,7 +9,8 @@ from agent.host.runner import HostRunner
 from agent.install import installer as inst
 from agent.install.cache import CACHE_DIR, cached_path
 from agent.install.kit import Kit
-from agent.install.pipeline import Flow, gate, resolve_pin
+from agent.install.pin import resolve_pin
+from agent.install.pipeline import Flow, gate
 from agent.install.publish import inspect_handoff
 from agent.settings import Settings
 
