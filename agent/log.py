@@ -18,8 +18,15 @@ def wants_json(fmt: str, stream: TextIO) -> bool:
     return fmt == "json"
 
 
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    # Looked up at each log call, not bound once: a replaced sys.stderr (pytest's
+    # capture, a re-opened stream) must not leave loggers writing to a closed file.
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Logs go to stderr so stdout stays clean for `--json` output."""
+    factory = structlog.PrintLoggerFactory(file=stream) if stream else _stderr_logger
     stream = stream or sys.stderr
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -33,6 +40,6 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
