@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -19,7 +19,7 @@ log = structlog.get_logger(__name__)
 
 StartResponse = Callable[..., Any]
 MAX_HEADER_BYTES = 16 * 1024
-REQUEST_TIMEOUT = 5.0  # seconds a client may take to send its request
+REQUEST_TIMEOUT = 2.0  # seconds a client may take to send its request (kubelet: at once)
 # The classic text format every Prometheus version scrapes (client 0.26 defaults to 1.0.0,
 # which Prometheus 2.x does not know); our metric names are all legacy-valid.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -125,9 +125,40 @@ class _Handler(WSGIRequestHandler):
         log.debug("http_request", client=self.client_address[0], line=format % args)
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a stuck client never keeps the sidecar from exiting
+class _Server(WSGIServer):
+    """A fixed pool of handler threads: no thread start per probe, bounded concurrency."""
+
     allow_reuse_address = True
+    pool_size = 8
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self.jobs: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self.workers = [threading.Thread(target=self._work, name=f"grid-agent-http-{i}",
+                                         daemon=True) for i in range(self.pool_size)]
+        for worker in self.workers:
+            worker.start()
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            request, address = job
+            try:
+                self.finish_request(request, address)
+            except Exception:
+                self.handle_error(request, address)
+            finally:
+                self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.warning("http_request_failed", client=str(client_address[0]), exc_info=True)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.jobs.put((request, client_address))
+
+    def server_close(self) -> None:
+        super().server_close()
+        for _ in self.workers:
+            self.jobs.put(None)
 
 
 class HealthServer:

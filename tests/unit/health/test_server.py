@@ -172,6 +172,12 @@ def test_real_server_on_port_0(app):
         assert raw_request(server.port, huge).startswith("HTTP/1.0 431")
         post = b"POST /readyz HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello"
         assert " 405 " in raw_request(server.port, post).splitlines()[0]
+        # Silent clients hold a pool thread until the request timeout, never the others.
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+        with urllib.request.urlopen(f"{url}/livez", timeout=5) as resp:
+            assert resp.status == 200
+        for conn in silent:
+            conn.close()
     finally:
         server.close()
     assert not server.thread.is_alive()
