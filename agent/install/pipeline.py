@@ -115,9 +115,13 @@ class Flow:
     def do_preflight(self) -> bool:
         found = self.kit.preflight(self.settings, self.root, self.runner)
         self.kernel_release = found.kernel_release
+        self.install_reason = self.installed_on_disk()
         return False
 
     def do_download(self) -> bool:
+        if self.install_reason is None:
+            log.info("installer_not_needed", reason="this pin is built for this kernel")
+            return False
         cache = self.root.path("/var/cache/grid-agent")
         before = set(cache.rglob("*.run")) if cache.is_dir() else set()
         path = Path(self.kit.ensure_installer(self.pin.release, self.root, self.settings))
@@ -132,7 +136,6 @@ class Flow:
         # From here on the driver may change: withdraw the hand-off first, so no operator
         # pod trusts a marker while verification of the new driver has not passed.
         withdrawn = self.kit.remove_marker(self.root)
-        self.install_reason = self.installed_on_disk()
         # The installer cannot replace a loaded module, even one of the same version (a
         # module type change, a rebuild): then no loaded version is wanted ("").
         want = "" if self.install_reason else self.pin.module_version

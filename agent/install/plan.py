@@ -58,6 +58,8 @@ def _installer_item(flow: Flow) -> PlanItem:
 
 def _download_item(flow: Flow) -> PlanItem:
     release = flow.pin.release
+    if flow.installed_on_disk() is None:
+        return PlanItem("download", False, "not needed: this pin is built for this kernel")
     if release.sha256 and cached_path(flow.root, release.sha256, release.filename).is_file():
         return PlanItem("download", False, f"{release.filename} cached (sha256 checked on use)")
     return PlanItem("download", True, f"{release.url} into {CACHE_DIR} "

@@ -217,3 +217,11 @@ def test_installer_error_naming_the_open_modules_also_falls_back(node):
     assert out.outcome == "installed"
     assert [c[2] for c in node.calls if c[0] == "run_installer"] == ["proprietary", "open"]
     assert "kernel_log" not in node.names()  # the installer's own words sufficed
+
+
+def test_a_built_driver_needs_no_download(node):
+    install(node)
+    node.reboot(autoload=False)
+    node.calls.clear()
+    install(node)
+    assert "ensure_installer" not in node.names()
