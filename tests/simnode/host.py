@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import select
 import shutil
 import signal
@@ -51,6 +52,7 @@ UBUNTU_CODENAME=jammy
 """
 READY_TIMEOUT = 15.0
 PR_SET_PDEATHSIG = 1
+HOSTNAME = "rtx-sim"
 
 
 def machine_kernel_releases() -> list[str]:
@@ -58,7 +60,8 @@ def machine_kernel_releases() -> list[str]:
     prefix = "linux-headers-"
     found = [p.name[len(prefix):] for p in Path("/usr/src").glob(f"{prefix}*-amd64")
              if (p / "Makefile").exists()]
-    return sorted(found)
+    return sorted(found, key=lambda r: [int(x) if x.isdigit() else x
+                                        for x in re.split(r"(\d+)", r)])
 
 
 class SimNodeError(RuntimeError):
@@ -108,8 +111,9 @@ class SimNode:
         else:
             self._stage = self._stage_dir
             self._stage.mkdir(parents=True, exist_ok=True)
-        argv = ["unshare", "--mount", "--pid", "--fork", "--kill-child",
-                "--propagation", "private", "--", "/bin/sh", str(INIT), str(self._stage)]
+        argv = ["unshare", "--mount", "--pid", "--uts", "--fork", "--kill-child",
+                "--propagation", "private", "--", "/bin/sh", str(INIT), str(self._stage),
+                HOSTNAME]
         # A file, not a pipe, for stderr: a node started by scripts/simnode outlives us.
         self._err = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as the node)
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -237,7 +241,7 @@ class SimNode:
         self._write("/etc/os-release", OS_RELEASE)
         self._write("/etc/grid-sim/kernel_release", self.kernel_release + "\n")
         self._write(SCENARIO_FILE, "healthy\n")
-        self._write("/etc/hostname", "rtx-sim\n")
+        self._write("/etc/hostname", f"{HOSTNAME}\n")
         for src in sorted(STUBS.iterdir()):
             if src.name.startswith(".") or src.name == "__pycache__":
                 continue

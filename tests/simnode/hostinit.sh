@@ -2,13 +2,15 @@
 # PID 1 of a simulated node: assemble its root, pivot into it, say "ready", reap orphans.
 # Runs under `unshare --mount --pid --fork --kill-child --propagation private`, so every
 # mount below lives in this private mount namespace and dies with it (issue 3).
-# usage: hostinit.sh STAGE_DIR
+# usage: hostinit.sh STAGE_DIR [HOSTNAME]
 set -eu
 S=$1
 R=$S/root
 D=$S/disk
 
 mount -t tmpfs -o mode=0755 grid-sim "$S"
+# Only a caller that made a UTS namespace (unshare --uts) passes a hostname.
+if [ -n "${2:-}" ]; then echo "$2" > /proc/sys/kernel/hostname; fi
 mkdir -p "$R" "$D/usr/upper" "$D/usr/work" "$D/etc/upper" "$D/etc/work" \
   "$D/var" "$D/local" "$D/modules" "$D/src" "$D/home"
 mount --bind "$R" "$R"  # pivot_root wants a mount point

@@ -145,3 +145,8 @@ def test_a_killed_parent_takes_its_node_along():
             time.monotonic() < deadline:
         time.sleep(0.02)
     assert not Path(f"/proc/{pid}").exists() and not Path(f"/proc/{upid}").exists()
+
+
+def test_the_node_has_its_own_hostname(simnode):
+    assert simnode.exec(["uname", "-n"]).stdout.strip() == "rtx-sim"
+    assert Path("/proc/sys/kernel/hostname").read_text().strip() != "rtx-sim"

@@ -223,3 +223,15 @@ def test_reboot_autoloads_an_installed_driver_or_not(simnode, fake_run):
     simnode.reboot(autoload=False)
     assert not simnode.path("/sys/module/nvidia").exists()
     assert not simnode.path("/proc/driver/nvidia").exists()
+
+
+def test_dkms_is_absent_until_apt_installs_it(simnode, fake_run):
+    target = simnode.path(RUN)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(fake_run, target)
+    assert simnode.exec(["sh", "-c", "command -v dkms"], check=False).returncode != 0
+    failed = simnode.exec(["sh", RUN, "--silent", "--dkms", "-M", "open"], check=False)
+    assert failed.returncode == 1 and "through DKMS" in simnode.path(LOG).read_text()
+    simnode.exec(["apt-get", "-y", "install", "dkms"])
+    simnode.exec(["sh", RUN, "--silent", "--dkms", "-M", "open"])
+    assert simnode.path("/usr/src/nvidia-580.105.08/Kbuild").exists()
