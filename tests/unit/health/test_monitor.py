@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+from dataclasses import replace
 
 from structlog.testing import capture_logs
 
@@ -129,7 +130,7 @@ def test_a_crashing_check_is_a_verdict_not_a_dead_loop(tmp_path):
         raise RuntimeError("pyudev exploded")
 
     m = monitor(tmp_path, FakeHost(tmp_path))
-    m.health = m.health.__class__(**{**m.health.__dict__, "scan_pci": boom})
+    m.health = replace(m.health, scan_pci=boom)
     verdict = m.step()
     assert verdict.reason() == "cycle: check cycle crashed: RuntimeError('pyudev exploded')"
 
@@ -179,7 +180,7 @@ def test_checks_run_at_a_lower_priority_than_the_probes(tmp_path):
         return []
 
     m = monitor(tmp_path, FakeHost(tmp_path))
-    m.health = m.health.__class__(**{**m.health.__dict__, "scan_pci": scan})
+    m.health = replace(m.health, scan_pci=scan)
     m.step()
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert seen == [min(mine + 10, 19)]
