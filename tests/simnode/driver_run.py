@@ -103,6 +103,8 @@ def build_fake_run(out_dir: Path, version: str = "580.105.08-grid-azure", *,
         stage.mkdir()
         for item in PAYLOAD:
             shutil.copy2(DRIVER / item, stage / item)
+            if not item.endswith((".service", ".template")):
+                (stage / item).chmod(0o755)  # whatever mode the checkout gave it
         (stage / "grid-sim.json").write_text(
             json.dumps({"version": version, "module_version": modver}) + "\n")
         write_module_sources(stage, modver)
