@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.install.publish import MARKER_CONTENT
 from tests.e2e import installrun
-from tests.e2e.healthrun import start_watch
+from tests.e2e.healthrun import check, start_watch
 from tests.e2e.installrun import MARKER, driver_root_mounted, host_text, run_agent
 
 catalog = installrun.catalog  # the fixture: the pinned driver served on loopback
@@ -38,9 +38,28 @@ def metric(text, name, **labels):
     raise KeyError(name)
 
 
+# Reversible post-install scenarios and the check that must name each (wrong-profile:
+# against the profile the healthy node reported, given as GRID_AGENT_EXPECTED_PROFILE).
+# no-gridd-unit removes the unit for good on the rig: test_health_check covers it.
+UNHEALTHY = (("unlicensed", "license"), ("smi-exit-14", "nvidia_smi"),
+             ("wrong-profile", "profile"))
+
+
+def next_verdict(watch, timeout=30, **match):
+    """The first verdict logged from now on that matches (a cycle may already be under way)."""
+    start, deadline = len(watch.named("health_verdict")), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in watch.named("health_verdict")[start:]:
+            if all(event.get(k) == v for k, v in match.items()):
+                return event
+        time.sleep(0.05)
+    raise AssertionError(f"no verdict {match}; last: {watch.named('health_verdict')[-2:]}")
+
+
 def test_watch_ready_unready_reboot_heal_and_sigterm(simnode, catalog, tmp_path):
     install(simnode, catalog)
-    watch = start_watch(simnode, catalog, tmp_path)
+    profile = check(simnode, catalog)[1]["facts"]["gpus"][0]["profile"]
+    watch = start_watch(simnode, catalog, tmp_path, GRID_AGENT_EXPECTED_PROFILE=profile)
     try:
         watch.wait_event("health_verdict", ready=True)
         assert get(watch.url("/readyz"))[0] == 200
@@ -48,14 +67,14 @@ def test_watch_ready_unready_reboot_heal_and_sigterm(simnode, catalog, tmp_path)
         assert status == 200 and metric(text, "grid_agent_driver_ready") == 1.0
         assert metric(text, "grid_agent_install_info", outcome="installed") == 1.0
 
-        simnode.set_scenarios("unlicensed")
-        bad = watch.wait_event("health_verdict", ready=False)
-        assert bad["reason"].startswith("license: not licensed (Unlicensed")
-        status, body = get(watch.url("/readyz"))
-        assert status == 503 and "license" in body
-        simnode.set_scenarios("healthy")
-        watch.wait_event("health_verdict", count=len(watch.named("health_verdict")) + 1,
-                         ready=True)
+        for scenario, name in UNHEALTHY:
+            simnode.set_scenarios(scenario)
+            bad = next_verdict(watch, ready=False)
+            assert bad["reason"].startswith(f"{name}: "), (scenario, bad)
+            status, body = get(watch.url("/readyz"))
+            assert status == 503 and body.startswith(f"{name}: "), (scenario, body)
+            simnode.set_scenarios("healthy")
+            next_verdict(watch, ready=True)
 
         simnode.reboot()  # /run emptied: marker and mount gone, the driver autoloaded
         watch.wait_event("self_heal", action="published")
