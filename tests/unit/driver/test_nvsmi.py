@@ -146,3 +146,12 @@ def test_run_smi_missing_binary():
     outcome = run_smi(FakeSmiRunner(missing=True))
     assert outcome.exit_code == 127
     assert "could not run" in outcome.reason and outcome.report is None
+
+
+def test_run_smi_r610_table_and_kmd_report():
+    # R610 prints "KMD Version" and a deprecated "Driver Version" in the table; the version
+    # always comes from the XML report, never from the table's prose.
+    runner = FakeSmiRunner(plain_out=fixture("smi-table-r610.txt"), xml_out=fixture("r610-kmd.xml"))
+    outcome = run_smi(runner)
+    assert outcome.ok and outcome.report.driver_version == "610.20.01"
+    assert "[Deprecated; use KMD Version]" in outcome.output
