@@ -11,7 +11,6 @@ namespace and every mount in it: nothing is left on the machine.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import select
@@ -51,7 +50,6 @@ ID_LIKE=debian
 UBUNTU_CODENAME=jammy
 """
 READY_TIMEOUT = 15.0
-PR_SET_PDEATHSIG = 1
 HOSTNAME = "rtx-sim"
 
 
@@ -114,12 +112,13 @@ class SimNode:
         argv = ["unshare", "--mount", "--pid", "--uts", "--fork", "--kill-child",
                 "--propagation", "private", "--", "/bin/sh", str(INIT), str(self._stage),
                 HOSTNAME]
+        if self._die_with_parent:
+            # A killed pytest takes its nodes along: unshare gets SIGKILL, --kill-child the rest.
+            argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
         # A file, not a pipe, for stderr: a node started by scripts/simnode outlives us.
         self._err = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as the node)
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=self._err, start_new_session=True,
-                                      preexec_fn=_die_with_parent if self._die_with_parent
-                                      else None)
+                                      stderr=self._err, start_new_session=True)
         try:
             self._wait_ready()
             self.pid = self._inner_pid()
@@ -252,12 +251,6 @@ class SimNode:
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(f"{SIM_LIB}/stub")
         self.exec([f"{SIM_LIB}/simctl", "boot"])
-
-
-def _die_with_parent() -> None:
-    # A killed pytest takes its nodes along: unshare gets SIGKILL, --kill-child the rest.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _kill(pid: int) -> None:
