@@ -121,6 +121,10 @@ class SimNode:
                                       stderr=self._err, start_new_session=True)
         try:
             self._wait_ready()
+            if self._stage_dir is None:
+                # The node pivoted away from it: nothing is left on disk even after a SIGKILL.
+                self._stage.rmdir()
+                self._stage = None
             self.pid = self._inner_pid()
             self.root = HostRoot(Path(f"/proc/{self.pid}/root"))
             self._provision()
