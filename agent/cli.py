@@ -13,7 +13,7 @@ import structlog
 
 from agent import __version__
 from agent import log as agent_log
-from agent.errors import AgentError, NotATargetNode, NotImplementedYet
+from agent.errors import AgentError, NotATargetNode
 from agent.pci import Detection, detect
 from agent.settings import LOG_FORMATS, LOG_LEVELS, OPTIONS, Settings, build_settings
 
@@ -125,17 +125,6 @@ def fetch_cmd(settings: Settings) -> None:
     from agent.install.fetch import fetch_command
 
     fetch_command(settings, echo=click.echo)
-
-
-def _not_yet(name: str, summary: str) -> None:
-    @cli.command(name, help=f"{summary} (not implemented yet).",
-                 context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-    def stub() -> None:
-        raise NotImplementedYet(f"`grid-agent {name}` is not implemented yet")
-
-
-for _name, _summary in ():
-    _not_yet(_name, _summary)
 
 
 @cli.command("check")

@@ -29,12 +29,6 @@ class ConfigError(AgentError):
     remedy = "fix the flag or GRID_AGENT_* variable and retry"
 
 
-class NotImplementedYet(ConfigError):
-    """A subcommand whose issue has not landed."""
-
-    remedy = "see the project's open issues for when it lands"
-
-
 class NotATargetNode(AgentError):
     """No target PCI function on this node (`detect` only)."""
 

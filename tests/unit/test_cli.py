@@ -3,7 +3,7 @@ import json
 import pytest
 
 from agent import __version__
-from agent.cli import _not_yet, cli, run_cli, termination_log_path
+from agent.cli import cli, run_cli, termination_log_path
 
 
 @pytest.fixture
@@ -63,22 +63,6 @@ def test_unexpected_error_is_exit_1_with_traceback_logged(term, capsys):
     assert "internal error (a bug): RuntimeError('kaput')" in path.read_text()
     event = next(e for e in json_lines(capsys.readouterr().err) if e["event"] == "internal_error")
     assert event["exception"][0]["exc_type"] == "RuntimeError"
-
-
-@pytest.fixture
-def not_yet_command():
-    # Every real command has landed; the placeholder mechanism stays for new ones.
-    _not_yet("not-yet-test", "A placeholder")
-    yield "not-yet-test"
-    cli.commands.pop("not-yet-test")
-
-
-def test_not_implemented_yet_is_a_clean_exit_2(term, capsys, not_yet_command):
-    path, env = term
-    name = not_yet_command
-    assert run_cli(["--log-format", "json", name], env) == 2
-    assert path.read_text().startswith(f"`grid-agent {name}` is not implemented yet")
-    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_termination_log_path_prefers_the_variable(tmp_path):
