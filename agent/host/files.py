@@ -24,10 +24,10 @@ def write_atomic(path: Path, data: str | bytes, *, mode: int = 0o644) -> None:
         with contextlib.suppress(FileNotFoundError):
             Path(tmp).unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     # The rename is durable only once the directory entry is on disk.
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:

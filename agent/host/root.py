@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+# The PATH host commands run with (HostRunner uses the same).
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MAX_LINKS = 40  # the kernel's own limit on symlink hops (ELOOP)
 
 
@@ -54,6 +57,17 @@ class HostRoot:
             return self.resolve(host_path).exists()
         except OSError:
             return False
+
+    def which(self, name: str, search_path: str = HOST_PATH) -> Path | None:
+        """The agent-visible path of an executable on the host's PATH (no process)."""
+        for directory in search_path.split(":"):
+            try:
+                path = self.resolve(f"{directory}/{name}")
+            except OSError:
+                continue
+            if path.is_file() and os.access(path, os.X_OK):
+                return path
+        return None
 
     def read_text(self, host_path: str | PurePosixPath, default: str | None = None) -> str | None:
         """The file's text, or `default` when it is absent or unreadable."""

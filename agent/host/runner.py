@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from agent.errors import HostCommandError, HostCommandTimeout
+from agent.host.root import HOST_PATH
 
 log = structlog.get_logger(__name__)
 
-HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The namespaces nsenter joins; not `user` (we are already root) nor `cgroup`.
 NSENTER_FLAGS = ("--mount", "--uts", "--ipc", "--net", "--pid")
 

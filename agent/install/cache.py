@@ -15,6 +15,7 @@ from typing import BinaryIO
 import structlog
 
 from agent.errors import DownloadError
+from agent.host.files import fsync_dir
 from agent.host.root import HostRoot
 
 log = structlog.get_logger(__name__)
@@ -98,13 +99,5 @@ def land(part: Path, root: HostRoot, sha256: str, filename: str) -> Path:
     part.chmod(0o644)
     part.replace(final)
     for directory in (final.parent, part.parent):
-        _fsync_dir(directory)
+        fsync_dir(directory)
     return final
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

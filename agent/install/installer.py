@@ -11,7 +11,7 @@ import structlog
 
 from agent.errors import HostCommandError, InstallError
 from agent.host.root import HostRoot
-from agent.host.runner import HOST_PATH, HostRunner
+from agent.host.runner import HostRunner
 
 log = structlog.get_logger(__name__)
 
@@ -50,18 +50,6 @@ def choose_module_type(requested: str, recommended: str | None = None) -> Module
     if requested not in _TYPES:
         raise InstallError(f"unknown kernel module type {requested!r} for {MODULE_TYPE_VAR}")
     return ModuleChoice(requested, requested == "proprietary", requested)
-
-
-def host_has_dkms(root: HostRoot) -> bool:
-    """DKMS on the host's PATH: then kernel updates rebuild the module by themselves."""
-    for directory in HOST_PATH.split(":"):
-        try:
-            path = root.resolve(f"{directory}/dkms")
-        except OSError:
-            continue
-        if path.is_file() and os.access(path, os.X_OK):
-            return True
-    return False
 
 
 def installer_argv(run_path: str, module_type: str, *, dkms: bool) -> list[str]:
@@ -123,7 +111,7 @@ def _set_aside_old_log(root: HostRoot) -> None:
 def run_installer(root: HostRoot, runner: HostRunner, run_path: str, module_type: str, *,
                   timeout: float) -> None:
     """Run the `.run` by its host path; raise InstallerFailed with its last ERROR lines."""
-    argv = installer_argv(run_path, module_type, dkms=host_has_dkms(root))
+    argv = installer_argv(run_path, module_type, dkms=root.which("dkms") is not None)
     _set_aside_old_log(root)
     log.info("installer_started", argv=argv, module_type=module_type)
     try:

@@ -15,7 +15,7 @@ from tenacity.wait import wait_base, wait_exponential
 from agent.errors import HostCommandError, PreflightError, last_lines
 from agent.host.root import HostRoot
 from agent.host.runner import CommandResult, HostRunner
-from agent.install.preflight import headers_present, host_has_command
+from agent.install.preflight import headers_present
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +38,7 @@ MISSING_REMEDY = "install {pkgs} on the node yourself, or fix its apt sources"
 def missing_packages(root: HostRoot, kernel_release: str) -> list[str]:
     """Packages whose files the build needs and the host lacks (file checks, no process)."""
     missing = [] if headers_present(root, kernel_release) else [f"linux-headers-{kernel_release}"]
-    missing += [pkg for cmd, pkg in TOOLS if not host_has_command(root, cmd)]
+    missing += [pkg for cmd, pkg in TOOLS if root.which(cmd) is None]
     return missing
 
 

@@ -11,7 +11,7 @@ import structlog
 
 from agent.errors import HostCommandError, PreflightError, last_lines
 from agent.host.root import HostRoot
-from agent.host.runner import HOST_PATH, HostRunner
+from agent.host.runner import HostRunner
 from agent.install.publish import read_mountinfo, run_is_shared
 from agent.settings import Settings
 
@@ -183,18 +183,6 @@ def headers_present(root: HostRoot, kernel_release: str) -> bool:
     return False
 
 
-def host_has_command(root: HostRoot, name: str) -> bool:
-    """`name` is an executable on the host's PATH (read from files, no process)."""
-    for directory in HOST_PATH.split(":"):
-        try:
-            path = root.resolve(f"{directory}/{name}")
-        except OSError:
-            continue
-        if path.is_file() and os.access(path, os.X_OK):
-            return True
-    return False
-
-
 def _existing(root: HostRoot, host_path: str) -> PurePosixPath:
     path = PurePosixPath(host_path)
     while not root.exists(path) and path != path.parent:
@@ -236,7 +224,7 @@ def check_headers(root: HostRoot, kernel_release: str) -> bool:
     """Headers present, or apt-get on the host to install them (the packages step)."""
     if headers_present(root, kernel_release):
         return True
-    if not host_has_command(root, "apt-get"):
+    if root.which("apt-get") is None:
         raise PreflightError(
             f"kernel headers for {kernel_release} are missing and the host has no apt-get",
             remedy=f"install linux-headers-{kernel_release} on the node")

@@ -45,3 +45,16 @@ def test_read_text_through_links_and_defaults(host, tmp_path):
     assert host.read_text("/etc/alias") == "ID=ubuntu\n"
     assert host.read_text("/etc/missing") is None
     assert host.read_text("/etc/missing", "") == ""
+
+
+def test_which_finds_executables_on_the_host_path_through_links(host, tmp_path):
+    (tmp_path / "usr/sbin").mkdir(parents=True)
+    tool = tmp_path / "usr/sbin/dkms"
+    tool.write_text("#!/bin/sh\n")
+    assert host.which("dkms") is None  # not executable yet
+    tool.chmod(0o755)
+    assert host.which("dkms") == tool
+    (tmp_path / "usr/local/bin").mkdir(parents=True)
+    (tmp_path / "usr/local/bin/dkms").symlink_to("/usr/sbin/dkms")
+    assert host.which("dkms") == tool  # an absolute host link, resolved inside the root
+    assert host.which("apt-get") is None
