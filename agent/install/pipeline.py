@@ -207,6 +207,21 @@ def _requires_open(flow: Flow, exc: AgentError) -> bool:
     return inst.kernel_says_requires_open(flow.kit.kernel_log(flow.runner))
 
 
+def _load(flow: Flow, module_type: str) -> bool:
+    """Load the stack; a proprietary module that loads but cannot drive the GPU is a failure.
+
+    The kernel may accept the proprietary module and only log the NVRM requires-open line
+    with `RmInitAdapter failed!` (nvidia-smi then finds no devices): gpu-operator-contract.md.
+    """
+    changed = flow.kit.load_modules(flow.root, flow.runner)
+    if module_type == "proprietary" and inst.kernel_says_requires_open(
+            flow.kit.kernel_log(flow.runner)):
+        raise InstallError("the proprietary nvidia module loaded but the GPU did not initialise "
+                           "(NVRM: requires use of the NVIDIA open kernel modules)",
+                           remedy=f"set {inst.MODULE_TYPE_VAR}=open")
+    return changed
+
+
 def _install_and_load(flow: Flow) -> None:
     """Installer then load; a requires-open failure of proprietary retries once with open."""
     why = flow.install_reason
@@ -218,7 +233,7 @@ def _install_and_load(flow: Flow) -> None:
     choice = flow.choose()
     try:
         flow.step("installer", lambda: flow.do_installer(choice.module_type))
-        flow.step("load", lambda: flow.kit.load_modules(flow.root, flow.runner))
+        flow.step("load", lambda: _load(flow, choice.module_type))
     except AgentError as exc:
         if choice.module_type != "proprietary" or not _requires_open(flow, exc):
             raise
@@ -232,8 +247,11 @@ def _install_and_load(flow: Flow) -> None:
                     reason="this GPU requires the NVIDIA open kernel modules",
                     hint=f"set {inst.MODULE_TYPE_VAR}=open to skip the failed attempt, or "
                          "proprietary-strict to forbid this fallback")
+        # A proprietary module that loaded without a GPU must go before open can install.
+        flow.step("stale_unload", lambda: flow.kit.unload_stale(flow.root, flow.runner,
+                                                                 want_version=""))
         flow.step("installer", lambda: flow.do_installer("open"))
-        flow.step("load", lambda: flow.kit.load_modules(flow.root, flow.runner))
+        flow.step("load", lambda: _load(flow, "open"))
 
 
 def _full_path(flow: Flow) -> None:

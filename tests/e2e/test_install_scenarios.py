@@ -49,6 +49,16 @@ def test_requires_open_falls_back_with_a_warning(simnode, catalog):
     assert "Open Kernel Module" in host_text(simnode, "/proc/driver/nvidia/version")
 
 
+def test_requires_open_when_the_proprietary_module_loads_without_a_gpu(simnode, catalog):
+    # The other shape: modprobe succeeds, the NVRM line is logged, nvidia-smi finds no GPU.
+    simnode.set_scenarios("requires-open-loads")
+    result = install(simnode, catalog)
+    assert_installed(simnode, result)
+    assert result.named("module_type_fallback")
+    assert record(simnode)["module_type"] == "open"
+    assert "Open Kernel Module" in host_text(simnode, "/proc/driver/nvidia/version")
+
+
 def test_requires_open_with_proprietary_strict_refuses(simnode, catalog):
     simnode.set_scenarios("requires-open")
     result = install(simnode, {**catalog, "GRID_AGENT_KERNEL_MODULE_TYPE": "proprietary-strict"})

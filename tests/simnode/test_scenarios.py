@@ -88,6 +88,20 @@ def test_requires_open_fails_the_proprietary_load_with_the_nvrm_line(simnode, fa
     assert "Open Kernel Module" in simnode.path("/proc/driver/nvidia/version").read_text()
 
 
+def test_requires_open_loads_then_finds_no_devices(simnode, fake_run):
+    simnode.set_scenarios("requires-open-loads")
+    install(simnode, fake_run, "proprietary")  # the installer's own test load passes
+    load(simnode)
+    assert simnode.path("/sys/module/nvidia/version").exists()
+    assert "requires use of the NVIDIA open kernel modules" in simnode.exec(["dmesg"]).stdout
+    smi = simnode.exec(["nvidia-smi"], check=False)
+    assert (smi.returncode, smi.stdout.strip()) == (6, "No devices were found")
+    simnode.exec(["rmmod", "nvidia_modeset", "nvidia_uvm", "nvidia"])
+    install(simnode, fake_run, "open")
+    load(simnode)
+    assert simnode.exec(["nvidia-smi"], check=False).returncode == 0
+
+
 def test_secure_boot_is_on_in_efi_mokutil_and_the_loader(simnode, fake_run):
     install(simnode, fake_run)
     assert simnode.exec(["mokutil", "--sb-state"]).stdout.strip() == "SecureBoot disabled"

@@ -13,6 +13,17 @@ REQUIRES_OPEN = (
 )
 
 
+def requires_open(mtype: str | None) -> bool:
+    """The GPU refuses the proprietary module: the load fails, or (requires-open-loads, the
+    other shape in gpu-operator-contract.md) it loads and nvidia-smi finds no devices."""
+    if mtype != "proprietary" or not (s.has("requires-open") or s.has("requires-open-loads")):
+        return False
+    s.kmsg(*(line.format(slot=s.GPU_SLOT) for line in REQUIRES_OPEN))
+    if s.has("requires-open"):
+        s.die("modprobe: ERROR: could not insert 'nvidia': No such device")
+    return True
+
+
 def load(name: str) -> None:
     """Load one module and its dependencies, as modprobe does; exits 1 like it on failure."""
     name = s.norm(name)
@@ -34,13 +45,14 @@ def load(name: str) -> None:
     if s.has("secure-boot"):
         s.kmsg(f"Loading of unsigned module is rejected ({name})")
         s.die(f"modprobe: ERROR: could not insert '{name}': Key was rejected by service")
-    if name == "nvidia" and mtype == "proprietary" and s.has("requires-open"):
-        s.kmsg(*(line.format(slot=s.GPU_SLOT) for line in REQUIRES_OPEN))
-        s.die(f"modprobe: ERROR: could not insert '{name}': No such device")
+    adapter_failed = name == "nvidia" and requires_open(mtype)
     if name == "nvidia":
         s.kmsg("nvidia: loading out-of-tree module taints kernel.",
                s.proc_version_text(info.get("version", "?"), mtype).splitlines()[0])
     s.mark_loaded(name, info.get("version"), mtype)
+    if adapter_failed:
+        s.STATE.mkdir(parents=True, exist_ok=True)
+        s.ADAPTER_FAILED.touch()
     if name == "nvidia" and s.has("module-in-use"):
         start_gpu_user()
 
@@ -79,6 +91,7 @@ def unload(name: str, *, cmd: str) -> None:
         s.die(f"{cmd}: ERROR: Module {name} is in use")
     s.mark_unloaded(name)
     if name == "nvidia":
+        s.ADAPTER_FAILED.unlink(missing_ok=True)
         s.kmsg("nvidia-nvlink: Unregistered Nvlink Core, major device number 238")
 
 

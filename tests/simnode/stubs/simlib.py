@@ -20,6 +20,7 @@ SCENARIOS = Path("/etc/grid-sim/scenarios")
 KERNEL_RELEASE = Path("/etc/grid-sim/kernel_release")
 STATE = Path("/run/grid-sim")  # volatile: emptied by a simulated reboot
 KMSG = STATE / "kmsg"
+ADAPTER_FAILED = STATE / "adapter-failed"  # nvidia loaded, RmInitAdapter failed
 SYS_MODULE = Path("/sys/module")
 PROC_NVIDIA = Path("/proc/driver/nvidia")
 GPU_SLOT = "0000:00:02.0"

@@ -8,7 +8,8 @@ from agent.install import pipeline
 from tests.unit.install.fakehost import H100, RUN_PATH, FakeNode, Release, settings
 
 FULL = ["preflight", "ensure_installer", "ensure_build_deps", "remove_marker", "unload_stale",
-        "ensure_nouveau_disabled", "run_installer", "load_modules", "ensure_persistenced",
+        "ensure_nouveau_disabled", "run_installer", "load_modules", "kernel_log",
+        "ensure_persistenced",
         "ensure_gridd_conf", "ensure_gridd_running", "verify", "publish"]
 STEPS = ["fast_path", "preflight", "download", "packages", "stale_unload", "nouveau",
          "installer", "load", "persistence", "licensing", "verify", "publish", "record"]
