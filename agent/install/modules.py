@@ -190,7 +190,8 @@ def _wait_gone(root: HostRoot, name: str, wait: float) -> list[HostProcess]:
 def _refuse(have: str | None, want: str, reasons: list[str]) -> InstallError:
     return InstallError(
         f"reboot required: NVIDIA driver {have or 'of unknown version'} is loaded and in "
-        f"use ({'; '.join(reasons)}); it cannot be replaced by {want} while running",
+        f"use ({'; '.join(reasons)}); it cannot be replaced "
+        f"{f'by {want} ' if want else ''}while running",
         remedy="drain GPU workloads and reboot the node; the agent installs after the reboot")
 
 
