@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from agent.errors import UnhealthyError
 from agent.host import open_doors
 from agent.install.kit import Kit, real_kit
-from agent.install.pipeline import Outcome, install
+from agent.install.pipeline import Outcome, Progress, install
 from agent.install.plan import format_plan, make_plan
 from agent.settings import Settings
 
@@ -24,13 +24,18 @@ def _with_wait(settings: Settings, wait_lock: bool | None) -> Settings:
 def install_command(settings: Settings, *, wait_lock: bool | None, dry_run: bool, echo: Echo,
                     kit: Kit | None = None) -> Outcome | None:
     """`install`: converge quietly (logs only), or print the plan with --dry-run."""
+    return _converge(settings, wait_lock, dry_run, echo, kit, progress=None)
+
+
+def _converge(settings: Settings, wait_lock: bool | None, dry_run: bool, echo: Echo,
+              kit: Kit | None, progress: Progress | None) -> Outcome | None:
     settings = _with_wait(settings, wait_lock)
     root, runner = open_doors(settings)
     kit = kit or real_kit()
     if dry_run:
         echo(format_plan(make_plan(settings, root, runner, kit)))
         return None
-    return install(settings, root, runner, kit)
+    return install(settings, root, runner, kit, progress=progress)
 
 
 class _Progress:
@@ -71,13 +76,9 @@ def run_command(settings: Settings, *, wait_lock: bool | None, dry_run: bool, ec
 
     Exit 9 (UnhealthyError) when the driver is in place but a check fails (licence...).
     """
-    settings = _with_wait(settings, wait_lock)
-    root, runner = open_doors(settings)
-    kit = kit or real_kit()
-    if dry_run:
-        echo(format_plan(make_plan(settings, root, runner, kit)))
-        return None
-    outcome = install(settings, root, runner, kit, progress=_Progress(echo))
+    outcome = _converge(settings, wait_lock, dry_run, echo, kit, progress=_Progress(echo))
+    if outcome is None:
+        return None  # --dry-run printed the plan
     if outcome.outcome == "not_target":
         echo(f"nothing to do: {outcome.reason}")
         return outcome
