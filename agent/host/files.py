@@ -27,6 +27,17 @@ def write_atomic(path: Path, data: str | bytes, *, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write atomically only when the content differs; True when it wrote (changed)."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    write_atomic(path, text)
+    return True
+
+
 def fsync_dir(directory: Path) -> None:
     # The rename is durable only once the directory entry is on disk.
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

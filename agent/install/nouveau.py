@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import structlog
 
 from agent.errors import HostCommandError, InstallError
-from agent.host.files import write_atomic
+from agent.host.files import write_if_changed
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.install.modules import failure_lines, module_holders, module_loaded, module_refcnt
@@ -28,11 +28,7 @@ class NouveauOutcome:
 
 def ensure_blacklist(root: HostRoot) -> bool:
     """Write the blacklist file atomically, only when its content differs."""
-    path = root.path(BLACKLIST)
-    if root.read_text(BLACKLIST) == BLACKLIST_TEXT:
-        return False
-    write_atomic(path, BLACKLIST_TEXT)
-    return True
+    return write_if_changed(root.path(BLACKLIST), BLACKLIST_TEXT)
 
 
 def initramfs_stale(root: HostRoot) -> bool:

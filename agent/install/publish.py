@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.host.files import write_atomic
+from agent.host.files import write_if_changed
 from agent.host.mounts import covering_mount, parse_mountinfo, read_mountinfo, top_mount_at
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
@@ -85,11 +85,7 @@ def _ensure_mount(root: HostRoot, runner: HostRunner) -> bool:
 
 
 def _ensure_marker(root: HostRoot) -> bool:
-    path = root.path(MARKER)
-    if root.read_text(MARKER) == MARKER_CONTENT:
-        return False
-    write_atomic(path, MARKER_CONTENT)
-    return True
+    return write_if_changed(root.path(MARKER), MARKER_CONTENT)
 
 
 def publish(root: HostRoot, runner: HostRunner) -> bool:

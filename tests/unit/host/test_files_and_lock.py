@@ -4,7 +4,7 @@ import stat
 import pytest
 
 from agent.errors import LockHeldError
-from agent.host.files import write_atomic
+from agent.host.files import write_atomic, write_if_changed
 from agent.host.lock import LOCK_PATH, host_lock
 from agent.host.root import HostRoot
 
@@ -50,3 +50,12 @@ def test_lock_is_free_again_after_release(tmp_path):
         pass
     with host_lock(root, wait=False):
         pass
+
+
+def test_write_if_changed_reports_whether_it_wrote(tmp_path):
+    target = tmp_path / "etc/modprobe.d/x.conf"
+    assert write_if_changed(target, "a\n") is True
+    mtime = target.stat().st_mtime_ns
+    assert write_if_changed(target, "a\n") is False
+    assert target.stat().st_mtime_ns == mtime
+    assert write_if_changed(target, "b\n") is True and target.read_text() == "b\n"
