@@ -12,16 +12,14 @@ from agent.driver.license import classify_license
 from agent.driver.nvsmi import GpuReport, SmiOutcome, profile_of, run_smi
 from agent.driver.record import InstallRecord, read_record
 from agent.driver.state import ModuleState, read_module_state
-from agent.errors import HostCommandError
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
+from agent.host.systemd import unit_exists, unit_state
 from agent.install.publish import Handoff, inspect_handoff
 from agent.pci import PciDevice, TargetSpec, detect
 
 log = structlog.get_logger(__name__)
 
-UNIT_DIRS = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
-GRIDD_UNITS = tuple(f"{d}/nvidia-gridd.service" for d in UNIT_DIRS)
 VULKAN_ICDS = ("/usr/share/vulkan/icd.d/nvidia_icd.json", "/etc/vulkan/icd.d/nvidia_icd.json")
 GLX_LIBS = ("/usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.0", "/usr/lib64/libGLX_nvidia.so.0",
             "/usr/lib/libGLX_nvidia.so.0", "/lib/x86_64-linux-gnu/libGLX_nvidia.so.0")
@@ -47,16 +45,6 @@ def first_present(root: HostRoot, paths: Sequence[str]) -> str | None:
     return next((p for p in paths if root.exists(p)), None)
 
 
-def unit_state(runner: HostRunner, unit: str, *, timeout: float) -> str:
-    """The unit's `systemctl is-active` word; exit 3 (inactive) is an answer, not an error."""
-    try:
-        result = runner.run(["systemctl", "is-active", unit], check=False, timeout=timeout)
-    except HostCommandError as exc:
-        return f"unknown ({exc.message})"
-    words = result.stdout.split()
-    return words[0] if words else f"unknown (exit {result.returncode})"
-
-
 def target_slots(scan_pci: Callable[[], Sequence[PciDevice]], spec: TargetSpec) -> tuple[str, ...]:
     return tuple(d.slot for d in detect(list(scan_pci()), spec).targets)
 
@@ -76,7 +64,7 @@ def observe(root: HostRoot, runner: HostRunner, *, targets: tuple[str, ...],
         handoff=inspect_handoff(root) if applicable else None,
         record=read_record(root),
         gridd=gridd,
-        gridd_unit=first_present(root, GRIDD_UNITS) is not None,
+        gridd_unit=unit_exists(root, "nvidia-gridd.service"),
         persistenced=persist,
         vulkan_icd=first_present(root, VULKAN_ICDS),
         glx_lib=first_present(root, GLX_LIBS),

@@ -11,14 +11,8 @@ from agent.errors import HostCommandError, InstallError
 from agent.host.files import write_atomic
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
-from agent.install.modules import (
-    UNIT_DIRS,
-    failure_lines,
-    host_has_systemd,
-    processes_named,
-    unit_exists,
-    unit_status,
-)
+from agent.host.systemd import UNIT_DIRS, host_has_systemd, unit_exists, unit_status
+from agent.install.modules import failure_lines, processes_named
 
 log = structlog.get_logger(__name__)
 

@@ -12,6 +12,7 @@ from agent.errors import HostCommandError, InstallError, last_lines
 from agent.host.files import write_atomic
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
+from agent.host.systemd import host_has_systemd, unit_exists, unit_status
 
 log = structlog.get_logger(__name__)
 
@@ -24,7 +25,6 @@ DEVICE_ARGVS = (("nvidia-modprobe", "-c0"), ("nvidia-modprobe", "-u", "-c0"))
 DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
 PERSISTENCED = "nvidia-persistenced"
 PERSISTENCED_UNIT = f"{PERSISTENCED}.service"
-UNIT_DIRS = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 # The .run installs the daemon but no unit (only a sample tarball), so we supply one.
 PERSISTENCED_UNIT_TEXT = """\
 # Written by grid-agent: the NVIDIA .run installs no unit for the persistence daemon.
@@ -117,15 +117,6 @@ def processes_named(root: HostRoot, name: str) -> list[HostProcess]:
     want = name[:_TASK_NAME_MAX]
     found = [HostProcess(pid, _comm(root, pid)) for pid in _pids(root)]
     return [p for p in found if p.comm == want]
-
-
-def unit_exists(root: HostRoot, unit: str) -> bool:
-    return any(root.exists(f"{d}/{unit}") for d in UNIT_DIRS)
-
-
-def host_has_systemd(root: HostRoot) -> bool:
-    """systemd's own test (sd_booted): /run/systemd/system exists."""
-    return root.path("/run/systemd/system").is_dir()
 
 
 def failure_lines(exc: HostCommandError, count: int = 3) -> str:
@@ -297,11 +288,3 @@ def _persistenced_unit(root: HostRoot, runner: HostRunner) -> bool:
           "enabling nvidia-persistenced failed")
     log.info("persistenced_enabled", unit_written=wrote, changed=True)
     return True
-
-
-def unit_status(runner: HostRunner, unit: str) -> tuple[bool, bool]:
-    """(enabled, active) from `systemctl is-enabled` / `is-active` (changes nothing)."""
-    enabled, active = (
-        runner.run(["systemctl", verb, "--quiet", unit], check=False, timeout=30).ok
-        for verb in ("is-enabled", "is-active"))
-    return enabled, active

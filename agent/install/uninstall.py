@@ -12,9 +12,10 @@ from agent.driver.record import read_record, remove_record
 from agent.errors import AgentError, HostCommandError, InstallError
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
+from agent.host.systemd import host_has_systemd, unit_status
 from agent.install import installer as inst
 from agent.install.kit import Kit
-from agent.install.modules import host_has_systemd, processes_named, unit_status
+from agent.install.modules import processes_named
 from agent.settings import Settings
 
 log = structlog.get_logger(__name__)
