@@ -34,7 +34,7 @@ def _handoff_item(root: HostRoot) -> PlanItem:
 
 def _stale_item(flow: Flow) -> PlanItem:
     state = flow.kit.module_state(flow.root)
-    rebuild = flow.installed_on_disk() is not None
+    rebuild = flow.install_reason is not None
     if not state.loaded or (state.version == flow.pin.module_version and not rebuild):
         return PlanItem("stale_unload", False, "no NVIDIA module in the installer's way")
     users = f"refcnt {state.refcnt}" + (f", holders {', '.join(state.holders)}"
@@ -45,7 +45,7 @@ def _stale_item(flow: Flow) -> PlanItem:
 
 
 def _installer_item(flow: Flow) -> PlanItem:
-    why = flow.installed_on_disk()
+    why = flow.install_reason
     if why is None:
         return PlanItem("installer", False,
                         f"{flow.pin.release.version} already built for {flow.kernel_release}")
@@ -58,7 +58,7 @@ def _installer_item(flow: Flow) -> PlanItem:
 
 def _download_item(flow: Flow) -> PlanItem:
     release = flow.pin.release
-    if flow.installed_on_disk() is None:
+    if flow.install_reason is None:
         return PlanItem("download", False, "not needed: this pin is built for this kernel")
     if release.sha256 and cached_path(flow.root, release.sha256, release.filename).is_file():
         return PlanItem("download", False, f"{release.filename} cached (sha256 checked on use)")
@@ -69,6 +69,7 @@ def _download_item(flow: Flow) -> PlanItem:
 def _full_items(flow: Flow) -> list[PlanItem]:
     root = flow.root
     flow.kernel_release = flow.kernel_release or flow.kit.kernel_release(flow.runner)
+    flow.install_reason = flow.installed_on_disk()  # once: it reads the record and /lib/modules
     headers = flow.kit.headers_present(root, flow.kernel_release)
     state = flow.kit.module_state(root)
     gridd = root.exists("/etc/nvidia/gridd.conf")
