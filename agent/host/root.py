@@ -22,6 +22,13 @@ class HostRoot:
         rel = str(host_path).lstrip("/")
         return self.root / rel if rel else self.root
 
+    def host_path(self, agent_path: str | os.PathLike[str]) -> str:
+        """The inverse of `path`: where the host sees a file the agent sees under the root."""
+        rel = os.path.relpath(agent_path, self.root)
+        if rel == ".." or rel.startswith("../"):
+            raise ValueError(f"{agent_path} is not under the host root {self.root}")
+        return str(PurePosixPath("/", rel))
+
     def resolve(self, host_path: str | PurePosixPath) -> Path:
         """Follow symlinks the way the host would, never escaping the root.
 

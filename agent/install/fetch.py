@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import PurePosixPath
 
 import requests
 
@@ -19,4 +18,4 @@ def fetch_command(settings: Settings, *, echo: Callable[[str], None],
     release = resolve_release(settings)
     root = HostRoot(settings.host_root)
     path = ensure_installer(release, root, session=session, options=download_options(settings))
-    echo(str(PurePosixPath("/", path.relative_to(root.root))))
+    echo(root.host_path(path))

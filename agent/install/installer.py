@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 import structlog
 
@@ -127,7 +126,7 @@ def run_installer(root: HostRoot, runner: HostRunner, run_path: str, module_type
 
 def host_path_of(root: HostRoot, agent_path: os.PathLike[str] | str) -> str:
     """Where the host sees a file the agent sees under the root (the runner runs in the host)."""
-    rel = os.path.relpath(agent_path, root.root)
-    if rel.startswith(".."):
-        raise InstallError(f"{agent_path} is not under the host root {root.root}")
-    return str(PurePosixPath("/", rel))
+    try:
+        return root.host_path(agent_path)
+    except ValueError as exc:
+        raise InstallError(str(exc)) from None

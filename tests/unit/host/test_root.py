@@ -58,3 +58,10 @@ def test_which_finds_executables_on_the_host_path_through_links(host, tmp_path):
     (tmp_path / "usr/local/bin/dkms").symlink_to("/usr/sbin/dkms")
     assert host.which("dkms") == tool  # an absolute host link, resolved inside the root
     assert host.which("apt-get") is None
+
+
+def test_host_path_is_the_inverse_of_path(host, tmp_path):
+    assert host.host_path(host.path("/var/cache/grid-agent/a.run")) == "/var/cache/grid-agent/a.run"
+    assert host.host_path(tmp_path) == "/"
+    with pytest.raises(ValueError, match="not under the host root"):
+        host.host_path("/elsewhere/a.run")
