@@ -102,7 +102,7 @@ def install_cmd(settings: Settings, wait_lock: bool | None, dry_run: bool) -> No
 @click.pass_obj
 def run_cmd(settings: Settings, wait_lock: bool | None, dry_run: bool) -> None:
     """Install in the foreground with progress and a health report, for a person."""
-    from agent.install.commands import run_command
+    from agent.run import run_command
 
     run_command(settings, wait_lock=wait_lock, dry_run=dry_run, echo=click.echo)
 

@@ -10,11 +10,11 @@ from typing import Any
 import structlog
 
 from agent.host.files import write_atomic
+from agent.host.paths import RECORD as RECORD_PATH
 from agent.host.root import HostRoot
 
 log = structlog.get_logger(__name__)
 
-RECORD_PATH = "/var/lib/grid-agent/state.json"
 SCHEMA = 1
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from agent.host.paths import PROC_DRIVER_VERSION as PROC_VERSION
+from agent.host.paths import sys_module
 from agent.host.root import HostRoot
 
-PROC_VERSION = "/proc/driver/nvidia/version"
 # First line of /proc/driver/nvidia/version; the open flavour says "Open Kernel Module".
 _NVRM = re.compile(r"NVRM version:.*?Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)")
 
@@ -22,14 +23,9 @@ class ModuleState:
     nouveau_loaded: bool
 
 
-def _sysfs(name: str) -> str:
-    # sysfs names use underscores whatever modprobe was given (nvidia-uvm -> nvidia_uvm).
-    return f"/sys/module/{name.replace('-', '_')}"
-
-
 def module_refcnt(root: HostRoot, name: str) -> int | None:
     """The module's use count, or None when it is not loaded (or not a loadable module)."""
-    text = root.read_text(f"{_sysfs(name)}/refcnt")
+    text = root.read_text(f"{sys_module(name)}/refcnt")
     if text is None:
         return None
     try:
@@ -40,7 +36,7 @@ def module_refcnt(root: HostRoot, name: str) -> int | None:
 
 def module_loaded(root: HostRoot, name: str) -> bool:
     """True when the module is live: its refcnt (or, failing that, its version) is present."""
-    base = _sysfs(name)
+    base = sys_module(name)
     if root.exists(f"{base}/refcnt"):
         return True
     state = root.read_text(f"{base}/initstate")
@@ -51,7 +47,7 @@ def module_loaded(root: HostRoot, name: str) -> bool:
 
 def _holders(root: HostRoot, name: str) -> tuple[str, ...]:
     try:
-        entries = root.resolve(f"{_sysfs(name)}/holders").iterdir()
+        entries = root.resolve(f"{sys_module(name)}/holders").iterdir()
         return tuple(sorted(entry.name for entry in entries))
     except OSError:
         return ()

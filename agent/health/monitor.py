@@ -14,12 +14,12 @@ from typing import Any
 import structlog
 
 from agent.errors import AgentError, LockHeldError
+from agent.handoff import inspect_handoff
 from agent.health.checks import HealthConfig, driver_healthy, run_checks
 from agent.health.observe import Observation, describe, observe, target_slots
 from agent.health.verdict import FAIL, CheckResult, Verdict, make_verdict, write_verdict_file
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
-from agent.install.publish import inspect_handoff
 from agent.pci import PciDevice, TargetSpec
 
 log = structlog.get_logger(__name__)
@@ -54,7 +54,7 @@ class Health:
 
 @dataclass(frozen=True)
 class Healer:
-    """The hand-off's repair tools (agent/install/publish.py, agent/host/lock.py)."""
+    """The hand-off's repair tools (agent/handoff.py, agent/host/lock.py)."""
 
     publish: Callable[[HostRoot, HostRunner], bool]
     remove_marker: Callable[[HostRoot], bool]
@@ -62,8 +62,8 @@ class Healer:
 
 
 def real_healer() -> Healer:
+    from agent.handoff import publish, remove_marker
     from agent.host.lock import host_lock
-    from agent.install.publish import publish, remove_marker
 
     return Healer(publish=publish, remove_marker=remove_marker, lock=host_lock)
 

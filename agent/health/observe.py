@@ -12,10 +12,10 @@ from agent.driver.license import classify_license
 from agent.driver.nvsmi import GpuReport, SmiOutcome, profile_of, run_smi
 from agent.driver.record import InstallRecord, read_record
 from agent.driver.state import ModuleState, read_module_state
+from agent.handoff import Handoff, inspect_handoff
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.host.systemd import unit_exists, unit_state
-from agent.install.publish import Handoff, inspect_handoff
 from agent.pci import PciDevice, TargetSpec, detect
 
 log = structlog.get_logger(__name__)

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import structlog
 
 from agent.errors import LockHeldError
+from agent.host.paths import LOCK as LOCK_PATH
 from agent.host.root import HostRoot
 
 log = structlog.get_logger(__name__)
 
-LOCK_PATH = "/run/grid-agent/lock"
 _POLL_SECONDS = 0.2
 
 

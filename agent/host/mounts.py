@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from agent.host.paths import MOUNTINFO
 from agent.host.root import HostRoot
 
-MOUNTINFO = "/proc/1/mountinfo"
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
 

@@ -16,11 +16,11 @@ import structlog
 
 from agent.errors import DownloadError
 from agent.host.files import fsync_dir
+from agent.host.paths import CACHE_DIR
 from agent.host.root import HostRoot
 
 log = structlog.get_logger(__name__)
 
-CACHE_DIR = "/var/cache/grid-agent"
 SPARE_BYTES = 16 << 20  # headroom so the download never fills the host's disk to the byte
 STALE_PART_SECONDS = 3600  # a temp file this old belongs to a crashed run
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import structlog
 
 from agent.errors import HostCommandError, InstallError
+from agent.host.paths import INSTALLER_LOG
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 
 log = structlog.get_logger(__name__)
 
-INSTALLER_LOG = "/var/log/nvidia-installer.log"
 MODULE_TYPE_VAR = "GRID_AGENT_KERNEL_MODULE_TYPE"
 # Both signals of a GPU that the proprietary module cannot drive (formats.md, the
 # installer's ERROR naming the open modules, or the kernel's NVRM line after a load).

@@ -52,12 +52,12 @@ def fetch_installer(release: Any, root: Any, settings: Any) -> Any:
 
 def real_kit() -> Kit:
     """The production bundle; imported here so `grid-agent --help` stays cheap."""
+    from agent import handoff
     from agent.catalog import module_version, resolve_release
     from agent.driver.state import module_refcnt, read_module_state
     from agent.host.lock import host_lock
     from agent.host.udev import scan_pci
     from agent.install import installer, licensing, modules, nouveau, packages, preflight
-    from agent.install import publish as handoff
     from agent.install.verify import verify_driver
 
     return Kit(

@@ -9,6 +9,8 @@ import structlog
 
 from agent.errors import HostCommandError, InstallError
 from agent.host.files import write_atomic
+from agent.host.paths import GRIDD_CONF
+from agent.host.paths import GRIDD_STARTED_WITH as STARTED_WITH
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.host.systemd import UNIT_DIRS, host_has_systemd, unit_exists, unit_status
@@ -16,13 +18,11 @@ from agent.install.modules import failure_lines, processes_named
 
 log = structlog.get_logger(__name__)
 
-GRIDD_CONF = "/etc/nvidia/gridd.conf"
 TEMPLATE = "/etc/nvidia/gridd.conf.template"
 GRIDD = "nvidia-gridd"
 GRIDD_UNIT = f"{GRIDD}.service"
 # The conf the running daemon was (re)started with, so a crash between writing the conf
 # and restarting the daemon is caught on the next run.
-STARTED_WITH = "/var/lib/grid-agent/gridd.conf.sha256"
 # Azure's GRID steps: the licence comes with the VM, no server, no UI (formats.md).
 AZURE_KEYS = (("IgnoreSP", "FALSE"), ("EnableUI", "FALSE"))
 _KEY_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")

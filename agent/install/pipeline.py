@@ -13,6 +13,7 @@ import structlog
 
 from agent.driver.record import InstallRecord, read_record, write_record
 from agent.errors import AgentError, InstallError, VerifyError
+from agent.host.paths import CACHE_DIR
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.install import installer as inst
@@ -122,7 +123,7 @@ class Flow:
         if self.install_reason is None:
             log.info("installer_not_needed", reason="this pin is built for this kernel")
             return False
-        cache = self.root.path("/var/cache/grid-agent")
+        cache = self.root.path(CACHE_DIR)
         before = set(cache.rglob("*.run")) if cache.is_dir() else set()
         path = Path(self.kit.ensure_installer(self.pin.release, self.root, self.settings))
         self.run_path = inst.host_path_of(self.root, path)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.handoff import inspect_handoff
+from agent.host.paths import CACHE_DIR, GRIDD_CONF, RECORD
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.install import installer as inst
-from agent.install.cache import CACHE_DIR, cached_path
+from agent.install.cache import cached_path
 from agent.install.kit import Kit
 from agent.install.pin import resolve_pin
 from agent.install.pipeline import Flow, gate
-from agent.install.publish import inspect_handoff
 from agent.settings import Settings
 
 
@@ -72,7 +73,7 @@ def _full_items(flow: Flow) -> list[PlanItem]:
     flow.install_reason = flow.installed_on_disk()  # once: it reads the record and /lib/modules
     headers = flow.kit.headers_present(root, flow.kernel_release)
     state = flow.kit.module_state(root)
-    gridd = root.exists("/etc/nvidia/gridd.conf")
+    gridd = root.exists(GRIDD_CONF)
     return [
         PlanItem("preflight", False, "check OS, Secure Boot, /run propagation, headers, disk"),
         _download_item(flow),
@@ -108,7 +109,7 @@ def make_plan(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit) 
         items.append(PlanItem("fast_path", False, f"not taken: {refusal}"))
         items += _full_items(flow)
     items.append(_handoff_item(root))
-    items.append(PlanItem("record", True, "write /var/lib/grid-agent/state.json"))
+    items.append(PlanItem("record", True, f"write {RECORD}"))
     return items
 
 

@@ -10,9 +10,11 @@ from pathlib import Path, PurePosixPath
 import structlog
 
 from agent.errors import HostCommandError, PreflightError, last_lines
+from agent.handoff import run_is_shared
+from agent.host.mounts import read_mountinfo
+from agent.host.paths import CACHE_DIR, MODULES_DIR
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
-from agent.install.publish import read_mountinfo, run_is_shared
 from agent.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -22,7 +24,7 @@ OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
 # EFI_GLOBAL_VARIABLE's GUID: 4 attribute bytes, then 1 data byte (1 = enabled).
 SECURE_BOOT_VAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 # Where the install writes: the .run cache, the driver's files, the kernel modules.
-DISK_PATHS = ("/var/cache/grid-agent", "/usr", "/lib/modules")
+DISK_PATHS = (CACHE_DIR, "/usr", MODULES_DIR)
 _NSENTER_DENIED = ("Operation not permitted", "reassociate to namespace", "Permission denied")
 MB = 1024 * 1024
 

@@ -10,6 +10,7 @@ import structlog
 
 from agent.driver.record import read_record, remove_record
 from agent.errors import AgentError, HostCommandError, InstallError
+from agent.host.paths import CACHE_DIR, SMI
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.host.systemd import host_has_systemd, unit_status
@@ -20,7 +21,6 @@ from agent.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-CACHE_DIR = "/var/cache/grid-agent"
 UNINSTALLER = "/usr/bin/nvidia-uninstall"
 UNINSTALL_LOG = "/var/log/nvidia-uninstall.log"
 DAEMONS = ("nvidia-gridd", "nvidia-persistenced")
@@ -72,7 +72,7 @@ def uninstaller_argv(root: HostRoot) -> list[str] | None:
 
 def remove_driver(root: HostRoot, runner: HostRunner, *, timeout: float) -> bool:
     """Run the uninstaller when a driver is on disk; exit 6 with its ERROR lines on failure."""
-    if not root.exists("/usr/bin/nvidia-smi") and read_record(root) is None:
+    if not root.exists(SMI) and read_record(root) is None:
         return False
     argv = uninstaller_argv(root)
     if argv is None:

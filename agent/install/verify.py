@@ -11,13 +11,12 @@ import structlog
 from agent.driver.nvsmi import NvsmiReport, run_smi
 from agent.driver.state import read_module_state
 from agent.errors import VerifyError, last_lines
+from agent.host.paths import SMI as SMI_PATH
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 
 log = structlog.get_logger(__name__)
 
-# The validator checks exactly this path on the host (gpu-operator-contract.md 1.2).
-SMI_PATH = "/usr/bin/nvidia-smi"
 
 
 @dataclass(frozen=True)

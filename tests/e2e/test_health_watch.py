@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.install.publish import MARKER_CONTENT
+from agent.handoff import MARKER_CONTENT
 from tests.e2e import installrun
 from tests.e2e.healthrun import check, start_watch
 from tests.e2e.installrun import MARKER, driver_root_mounted, host_text, run_agent

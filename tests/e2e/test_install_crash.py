@@ -5,7 +5,7 @@ The marker must never exist while verification has not passed.
 
 import pytest
 
-from agent.install.publish import MARKER_CONTENT
+from agent.handoff import MARKER_CONTENT
 from tests.e2e.installrun import (
     MARKER,
     driver_root_mounted,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from agent.install.publish import MARKER_CONTENT
+from agent.handoff import MARKER_CONTENT
 from tests.e2e.installrun import (
     MARKER,
     STATE,

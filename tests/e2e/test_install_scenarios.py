@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.install.publish import MARKER_CONTENT
+from agent.handoff import MARKER_CONTENT
 from tests.e2e.installrun import (
     MARKER,
     host_text,

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent import handoff as pub
 from agent.driver.record import InstallRecord, write_record
 from agent.health.checks import HealthConfig
 from agent.health.monitor import Healer, Health
 from agent.host.lock import host_lock
 from agent.host.root import HostRoot
 from agent.host.runner import CommandResult
-from agent.install import publish as pub
 from agent.pci import PciDevice, PciId, TargetSpec
 from tests.unit.driver.smifake import fixture
 

@@ -7,11 +7,11 @@ from dataclasses import replace
 
 from structlog.testing import capture_logs
 
+from agent import handoff as pub
 from agent.health.monitor import Monitor, VerdictCache
 from agent.health.verdict import HEALTHY, UNHEALTHY
 from agent.host.lock import host_lock
 from agent.host.root import HostRoot
-from agent.install import publish as pub
 from tests.unit.driver.smifake import fixture
 from tests.unit.health.fakenode import (
     H100,

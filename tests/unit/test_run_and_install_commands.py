@@ -2,7 +2,8 @@ import pytest
 
 from agent.errors import UnhealthyError
 from agent.host.root import HostRoot
-from agent.install.commands import HealthReport, install_command, run_command, uninstall_command
+from agent.install.commands import install_command, uninstall_command
+from agent.run import HealthReport, run_command
 from tests.unit.install.fakehost import H100, FakeNode, settings
 
 

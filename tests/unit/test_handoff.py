@@ -1,8 +1,8 @@
 import pytest
 
+from agent import handoff as pub
 from agent.host.root import HostRoot
 from agent.host.runner import CommandResult
-from agent.install import publish as pub
 
 BASE = (
     "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"

@@ -9,20 +9,19 @@ import structlog
 
 from agent.host.files import write_if_changed
 from agent.host.mounts import covering_mount, parse_mountinfo, read_mountinfo, top_mount_at
+from agent.host.paths import DRIVER_ROOT, MARKER
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 
 log = structlog.get_logger(__name__)
 
-MARKER = "/run/nvidia/validations/.driver-ctr-ready"
-DRIVER_ROOT = "/run/nvidia/driver"
 # From v26.3 the validator parses the marker as YAML map[string]bool; these keys are
 # safe for every operator version (gpu-operator-contract.md section 1.4).
 MARKER_CONTENT = "GDRCOPY_ENABLED: false\nGDS_ENABLED: false\nGPU_DIRECT_RDMA_ENABLED: false\n"
 _BOOL_LINE = re.compile(r"^[A-Za-z0-9_]+:\s*(true|false)\s*$")
 
 __all__ = ["DRIVER_ROOT", "MARKER", "MARKER_CONTENT", "Handoff", "inspect_handoff", "publish",
-           "read_mountinfo", "remove_marker", "run_is_shared", "unpublish"]
+           "remove_marker", "run_is_shared", "unpublish"]
 
 
 def run_is_shared(mountinfo: str) -> bool:
