@@ -93,6 +93,7 @@ def run_in(container: str, *argv: str) -> subprocess.CompletedProcess:
     return buildah("run", "--isolation", "chroot", container, "--", *argv, check=False)
 
 
+@pytest.mark.slow
 def test_image_config(image):
     info = json.loads(buildah("inspect", "--type", "image", image).stdout)
     config = info["OCIv1"]["config"]
@@ -101,6 +102,7 @@ def test_image_config(image):
     assert image.endswith(f":{__version__}")
 
 
+@pytest.mark.slow
 def test_agent_detect_runs_in_the_image(container):
     """No NVIDIA GPU here: exit 3 (not a target) with the JSON still printed."""
     proc = run_in(container, "grid-agent", "--log-level", "error", "detect", "--json")
@@ -108,6 +110,7 @@ def test_agent_detect_runs_in_the_image(container):
     assert json.loads(proc.stdout)["target_node"] is (proc.returncode == 0)
 
 
+@pytest.mark.slow
 def test_image_has_the_host_tools_and_debians_python(container):
     proc = run_in(container, "sh", "-c",
                   "nsenter --version && modinfo --version && python3 -c "
@@ -116,6 +119,7 @@ def test_image_has_the_host_tools_and_debians_python(container):
     assert proc.stdout.strip().endswith("True")
 
 
+@pytest.mark.slow
 def test_image_has_no_compiler_or_pip(container):
     proc = run_in(container, "sh", "-c", " ; ".join(f"command -v {t}" for t in COMPILERS))
     assert proc.stdout.strip() == "", proc.stdout
