@@ -141,8 +141,8 @@ OPTIONS: tuple[Option, ...] = (
            "install on a host OS other than Ubuntu 22.04/24.04 (logged as a warning)"),
     # Health (agent/health/: check, watch, probe).
     Option("expected_profile", "GRID_AGENT_EXPECTED_PROFILE", str.strip, "",
-           "vGPU profile the GPUs must report (e.g. DC-4-96Q or the full product name); "
-           "empty accepts any RTX Pro 6000 DC-* profile"),
+           "vGPU type the GPUs must report, compared exactly: the profile part (DC-4-96Q, "
+           "DC-3Q) or the full product name; empty accepts any RTX Pro 6000 vGPU type"),
     Option("mig_policy", "GRID_AGENT_MIG_POLICY", choice("warn", "fail"), "warn",
            "what MIG mode other than Enabled is: a warning or a failure"),
     Option("license_warn_days", "GRID_AGENT_LICENSE_WARN_DAYS", seconds, "7",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from agent.driver.profile import parse_vgpu_type
 from agent.errors import HostCommandError, HostCommandTimeout, last_lines
 from agent.host.runner import HostRunner
 
@@ -16,7 +17,6 @@ log = structlog.get_logger(__name__)
 SMI = "nvidia-smi"
 _ROOT_TAG = "nvidia_smi_log"
 _XML_START = re.compile(r"<\?xml|<!DOCTYPE|<nvidia_smi_log\b")
-_PROFILE = re.compile(r"\bDC-\d+-\d+[A-Z]+$", re.IGNORECASE)
 
 
 class NvsmiParseError(ValueError):
@@ -73,8 +73,8 @@ def pci_slot(bus_id: str) -> str:
 
 def profile_of(product_name: str | None) -> str | None:
     """The vGPU profile in a product name: `NVIDIA RTX Pro 6000 Blackwell DC-4-96Q` -> DC-4-96Q."""
-    found = _PROFILE.search((product_name or "").strip())
-    return found.group(0).upper() if found else None
+    vgpu = parse_vgpu_type(product_name)
+    return vgpu.profile if vgpu else None
 
 
 def _text(node: ET.Element | None, path: str) -> str | None:

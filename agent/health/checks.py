@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from agent.driver.license import classify_license
-from agent.driver.nvsmi import GpuReport, NvsmiReport, profile_of
+from agent.driver.nvsmi import GpuReport, NvsmiReport
+from agent.driver.profile import parse_vgpu_type, profile_matches
 from agent.errors import last_lines
 from agent.health.observe import Observation
 from agent.health.verdict import FAIL, OK, SKIP, WARN, CheckResult
 
-# Any DC-* profile of the RTX Pro 6000 (Azure names it "NVIDIA RTX Pro 6000 Blackwell DC-4-96Q").
-DEFAULT_PROFILE = re.compile(r"RTX PRO 6000\b.*\bDC-\d+-\d+[A-Z]+$", re.IGNORECASE)
 # The checks whose success means "the driver works" (what install's verify requires).
 DRIVER_CHECKS = ("driver_loaded", "nvidia_smi", "gpus")
 
@@ -129,16 +127,8 @@ def check_virtualization(obs: Observation, cfg: HealthConfig) -> CheckResult:
     return _per_gpu("virtualization", obs, judge, "vGPU guest")
 
 
-def profile_matches(product_name: str | None, expected: str) -> bool:
-    name = (product_name or "").strip()
-    if not expected:
-        return bool(DEFAULT_PROFILE.search(name))
-    want = expected.strip()
-    return name.lower() == want.lower() or (profile_of(name) or "") == want.upper()
-
-
 def check_profile(obs: Observation, cfg: HealthConfig) -> CheckResult:
-    wanted = cfg.expected_profile or "any RTX Pro 6000 DC-* profile"
+    wanted = cfg.expected_profile or "any RTX Pro 6000 vGPU type"
 
     def judge(g: GpuReport) -> tuple[str, str]:
         name = g.product_name or "unknown"
@@ -168,6 +158,9 @@ def check_license(obs: Observation, cfg: HealthConfig) -> CheckResult:
 
 def check_mig(obs: Observation, cfg: HealthConfig) -> CheckResult:
     def judge(g: GpuReport) -> tuple[str, str]:
+        vgpu = parse_vgpu_type(g.product_name)
+        if vgpu is not None and not vgpu.mig_backed:
+            return OK, f"time-sliced vGPU type {vgpu.profile}: no MIG"
         current, pending = g.mig_current or "unknown", g.mig_pending or "unknown"
         if current != "Enabled":
             bad = FAIL if cfg.mig_policy == "fail" else WARN
@@ -198,8 +191,8 @@ def check_persistence(obs: Observation, cfg: HealthConfig) -> CheckResult:
 
 
 def check_graphics(obs: Observation, cfg: HealthConfig) -> CheckResult:
-    profiles = {profile_of(g.product_name) for g in _target_gpus(obs)}
-    if not any(p and p.endswith("Q") for p in profiles):
+    types = [parse_vgpu_type(g.product_name) for g in _target_gpus(obs)]
+    if not any(t and t.series == "Q" for t in types):
         return _r("graphics", SKIP, "not a Q-series (RTX Virtual Workstation) profile")
     missing = [what for what, found in (("Vulkan ICD nvidia_icd.json", obs.vulkan_icd),
                                         ("libGLX_nvidia.so.0", obs.glx_lib)) if found is None]

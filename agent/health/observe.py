@@ -9,7 +9,8 @@ from typing import Any
 import structlog
 
 from agent.driver.license import classify_license
-from agent.driver.nvsmi import GpuReport, SmiOutcome, profile_of, run_smi
+from agent.driver.nvsmi import GpuReport, SmiOutcome, run_smi
+from agent.driver.profile import parse_vgpu_type
 from agent.driver.record import InstallRecord, read_record
 from agent.driver.state import ModuleState, read_module_state
 from agent.handoff import Handoff, inspect_handoff
@@ -73,8 +74,11 @@ def observe(root: HostRoot, runner: HostRunner, *, targets: tuple[str, ...],
 
 def _gpu_facts(gpu: GpuReport) -> dict[str, Any]:
     lic = classify_license(gpu.license_status)
+    vgpu = parse_vgpu_type(gpu.product_name)
     return {"pci_bus_id": gpu.pci_bus_id, "product_name": gpu.product_name,
-            "profile": profile_of(gpu.product_name), "virtualization_mode": gpu.virtualization_mode,
+            "profile": vgpu.profile if vgpu else None,
+            "vgpu_series": vgpu.series if vgpu else None,
+            "virtualization_mode": gpu.virtualization_mode,
             "mig": gpu.mig_current, "license_state": lic.state, "license_permanent": lic.permanent,
             "license_expiry": lic.expiry.timestamp() if lic.expiry else None}
 

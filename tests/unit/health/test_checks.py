@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent.health.checks import driver_healthy, profile_matches
+from agent.health.checks import driver_healthy
 from agent.health.verdict import DEGRADED, HEALTHY, NOT_APPLICABLE, UNHEALTHY
 from tests.unit.driver.smifake import fixture
 from tests.unit.health.fakenode import (
@@ -142,17 +142,14 @@ def test_wrong_profile(node):
     assert verdict_of(node).check("graphics").status == "skip"  # C-series: no graphics check
 
 
-@pytest.mark.parametrize(("name", "expected", "ok"), [
-    ("NVIDIA RTX Pro 6000 Blackwell DC-4-96Q", "", True),
-    ("NVIDIA RTX PRO 6000 Blackwell DC-1-24Q", "", True),
-    ("NVIDIA H100 80GB HBM3", "", False),
-    ("NVIDIA RTX Pro 6000 Blackwell DC-4-96Q", "dc-4-96q", True),
-    ("NVIDIA RTX Pro 6000 Blackwell DC-4-96Q", "NVIDIA RTX Pro 6000 Blackwell DC-4-96Q", True),
-    ("NVIDIA RTX Pro 6000 Blackwell DC-4-96Q", "DC-2-48Q", False),
-    (None, "", False),
-])
-def test_profile_matching(name, expected, ok):
-    assert profile_matches(name, expected) is ok
+def test_time_sliced_profile_has_no_mig(node):
+    _, host = node
+    host.xml = fixture("mig-na.xml").replace("DC-4-96Q", "DC-3Q")
+    verdict = verdict_of(node)
+    assert status(verdict, "mig") == ("ok", "MIG enabled")
+    assert verdict.check("mig").details["gpus"] == {
+        "00000000:00:02.0": "time-sliced vGPU type DC-3Q: no MIG"}
+    assert status(verdict, "profile")[0] == "ok" and verdict.facts["gpus"][0]["vgpu_series"] == "Q"
 
 
 @pytest.mark.parametrize("name", ["unlicensed.xml", "unlicensed-restricted.xml",
