@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlsplit
 import structlog
 
 from agent.errors import ConfigError
+from agent.redact import redact_url
 
 if TYPE_CHECKING:
     from agent.settings import Settings
@@ -34,6 +35,11 @@ class Release:
     size: int | None
     module_type: str
     allow_http: bool = False  # only a configured mirror with GRID_AGENT_ALLOW_HTTP_MIRROR
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as logs and messages show it: no userinfo, no query (agent/redact.py)."""
+        return redact_url(self.url)
 
     @property
     def filename(self) -> str:
@@ -84,9 +90,11 @@ def check_url(url: str, *, allow_http: bool) -> None:
     if parts.scheme == "http" and parts.hostname and allow_http:
         return
     if parts.scheme == "http":
-        raise ConfigError(f"driver URL {url} is plain HTTP; use HTTPS, or for an in-cluster "
+        raise ConfigError(f"driver URL {redact_url(url)} (GRID_AGENT_DRIVER_URL) is plain HTTP; "
+                          "use HTTPS, or for an in-cluster "
                           "mirror set GRID_AGENT_ALLOW_HTTP_MIRROR=true")
-    raise ConfigError(f"driver URL {url!r} is not an https:// URL")
+    raise ConfigError(f"driver URL {redact_url(url)!r} (GRID_AGENT_DRIVER_URL) is not an "
+                      "https:// URL")
 
 
 def _base(settings: Settings) -> Release:
@@ -128,7 +136,7 @@ def resolve_release(settings: Settings) -> Release:
                 f"driver {release.version} has no pinned SHA-256; set GRID_AGENT_DRIVER_SHA256, "
                 "or GRID_AGENT_ALLOW_UNVERIFIED=true to run an unverified download as root")
         log.warning("unverified_driver_download",
-                    version=release.version, url=release.url,
+                    version=release.version, url=release.shown_url,
                     warning="NO SHA-256 PINNED: the installer will run as root on this node "
                             "without any integrity check")
     return release

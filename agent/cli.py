@@ -15,6 +15,7 @@ from agent import __version__
 from agent import log as agent_log
 from agent.errors import AgentError, NotATargetNode
 from agent.pci import Detection, detect
+from agent.redact import redact_text
 from agent.settings import LOG_FORMATS, LOG_LEVELS, OPTIONS, Settings, build_settings
 
 log = structlog.get_logger(__name__)
@@ -168,8 +169,9 @@ def _write_termination(message: str, environ: Mapping[str, str]) -> None:
     path = termination_log_path(environ)
     if path is None:
         return
+    secret = environ.get("GRID_AGENT_DRIVER_URL", "")
     try:
-        path.write_text(message + "\n", encoding="utf-8")
+        path.write_text(redact_text(message, secret) + "\n", encoding="utf-8")
     except OSError as exc:
         log.warning("termination_log_unwritable", path=str(path), error=exc.strerror)
 

@@ -8,6 +8,8 @@ from typing import TextIO
 
 import structlog
 
+from agent.redact import redact_text
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
@@ -24,6 +26,14 @@ def _stderr_logger(*_args: object) -> structlog.PrintLogger:
     return structlog.PrintLogger(sys.stderr)
 
 
+def redact_event(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
+    """Belt and braces: no URL in any log line keeps its userinfo or query (agent/redact.py)."""
+    for key, value in event.items():
+        if isinstance(value, str) and "://" in value:
+            event[key] = redact_text(value)
+    return event
+
+
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Logs go to stderr so stdout stays clean for `--json` output."""
     factory = structlog.PrintLoggerFactory(file=stream) if stream else _stderr_logger
@@ -31,6 +41,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        redact_event,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if wants_json(fmt, stream):

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from agent.catalog import parse_sha256
 from agent.errors import ConfigError
 from agent.pci import PciId, TargetSpec, parse_id_list
+from agent.redact import redact_url
 
+DAY, HOUR = 86400.0, 3600.0
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # "" means the catalog's type for the release (proprietary for 580.105.08-grid-azure).
@@ -36,27 +42,87 @@ def choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
-def int_at_least(low: int) -> Callable[[str], int]:
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """An integer parser with inclusive bounds (a huge value is refused, never kept)."""
+
     def parse(text: str) -> int:
+        value = text.strip()
+        if not re.fullmatch(r"[+-]?\d{1,19}", value):
+            raise ValueError(f"must be an integer from {low} to {high}")
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be an integer from {low} to {high}")
+        return number
+
+    return parse
+
+
+def seconds_between(low: float, high: float, *, above: bool = False) -> Callable[[str], float]:
+    """A finite number of seconds (or days...) within bounds; `above`: strictly above `low`."""
+
+    def parse(text: str) -> float:
         try:
-            value = int(text.strip())
+            value = float(text.strip())
         except ValueError:
-            raise ValueError("must be an integer") from None
-        if value < low:
-            raise ValueError(f"must be >= {low}")
+            raise ValueError("must be a number") from None
+        inside = (value > low if above else value >= low) and value <= high
+        if not math.isfinite(value) or not inside:
+            sign = ">" if above else ">="
+            raise ValueError(f"must be a finite number {sign} {low:g} and <= {high:g}")
         return value
 
     return parse
 
 
-def seconds(text: str) -> float:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError("must be a number of seconds") from None
-    if value < 0 or value != value:  # NaN is not a duration
-        raise ValueError("must not be negative")
+_VERSION = re.compile(r"[0-9][A-Za-z0-9._+~-]{0,127}")
+MAX_URL_LENGTH = 4096
+MAX_NAME_BYTES = 255  # NAME_MAX: the cache file name comes from the URL's last segment
+
+
+def driver_version(text: str) -> str:
+    """A release name that is safe as a path segment: digits first, no `/`, no spaces."""
+    value = text.strip()
+    if not _VERSION.fullmatch(value):
+        raise ValueError("must start with a digit and hold only letters, digits and ._+~- "
+                         "(at most 128 characters; e.g. 580.105.08-grid-azure)")
     return value
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
+
+
+def driver_url(text: str) -> str:
+    """Empty, or an http(s) URL with a host, no control characters (raw or %-encoded),
+    and a last path segment that fits a file name."""
+    value = text.strip()
+    if not value:
+        return value
+    if len(value) > MAX_URL_LENGTH:
+        raise ValueError(f"is longer than {MAX_URL_LENGTH} characters")
+    if _has_control(value) or " " in value:
+        raise ValueError("holds control characters or spaces")
+    try:
+        parts = urlsplit(value)
+        hostname = parts.hostname
+        path = unquote(parts.path, errors="strict")
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise ValueError("must be an https:// URL with a host")
+    if _has_control(path) or _has_control(unquote(parts.query)):
+        raise ValueError("holds %-encoded control characters (e.g. %00)")
+    name = PurePosixPath(path).name
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise ValueError(f"its file name is longer than {MAX_NAME_BYTES} bytes")
+    return value
+
+
+def host_root(text: str) -> Path:
+    """A non-empty absolute-or-relative path; existence is checked where it is opened."""
+    if not text.strip():
+        raise ValueError("must not be empty (the directory where the host's / is mounted)")
+    return Path(text)
 
 
 def host_port(text: str) -> tuple[str, int] | None:
@@ -67,7 +133,14 @@ def host_port(text: str) -> tuple[str, int] | None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ValueError("must be HOST:PORT with a port 0..65535 (e.g. 0.0.0.0:9402), or off")
-    return host.strip("[]"), int(port)
+    address = host.strip("[]")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        if address != "localhost":
+            raise ValueError("HOST must be an IP address (e.g. 0.0.0.0, ::, 127.0.0.1) "
+                             "or localhost") from None
+    return address, int(port)
 
 
 @dataclass(frozen=True)
@@ -89,9 +162,9 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("nsenter", "GRID_AGENT_NSENTER", parse_bool, "true",
            "run host commands through nsenter (false: directly, on the VM itself)", "--nsenter"),
-    Option("host_root", "GRID_AGENT_HOST_ROOT", Path, "/host",
+    Option("host_root", "GRID_AGENT_HOST_ROOT", host_root, "/host",
            "where the host's / is seen (default / with --no-nsenter)", "--host-root"),
-    Option("host_pid", "GRID_AGENT_HOST_PID", int_at_least(1), "1",
+    Option("host_pid", "GRID_AGENT_HOST_PID", int_between(1, 1 << 22), "1",
            "PID whose namespaces host commands enter", "--host-pid"),
     Option("log_format", "GRID_AGENT_LOG_FORMAT", choice(*LOG_FORMATS), "auto",
            "json lines, console, or auto (json unless a person watches a TTY)", "--log-format"),
@@ -101,24 +174,26 @@ OPTIONS: tuple[Option, ...] = (
            "comma-separated vendor:device ids this agent installs for"),
     Option("target_subsystems", "GRID_AGENT_TARGET_SUBSYSTEMS", parse_id_list, "",
            "optional comma-separated subsystem ids (e.g. 1414:2187); empty accepts any"),
-    Option("command_timeout", "GRID_AGENT_COMMAND_TIMEOUT", seconds, "120",
-           "default timeout for one host command, in seconds"),
-    Option("watch_interval", "GRID_AGENT_WATCH_INTERVAL", seconds, "60",
-           "seconds between health check cycles in `watch`"),
-    Option("watch_jitter", "GRID_AGENT_WATCH_JITTER", seconds, "5",
-           "random extra seconds added to each watch interval"),
+    Option("command_timeout", "GRID_AGENT_COMMAND_TIMEOUT",
+           seconds_between(0, DAY, above=True), "120",
+           "default timeout for one host command, in seconds (0 < s <= 86400)"),
+    Option("watch_interval", "GRID_AGENT_WATCH_INTERVAL", seconds_between(0.1, DAY), "60",
+           "seconds between health check cycles in `watch` (0.1..86400)"),
+    Option("watch_jitter", "GRID_AGENT_WATCH_JITTER", seconds_between(0, HOUR), "5",
+           "random extra seconds added to each watch interval (0..3600)"),
     Option("kernel_module_type", "GRID_AGENT_KERNEL_MODULE_TYPE",
            choice("", *MODULE_TYPES), "",
            "auto, open, proprietary, or proprietary-strict (no fallback to open); "
            "empty: the catalog's type for the release"),
-    Option("install_timeout", "GRID_AGENT_INSTALL_TIMEOUT", seconds, "1800",
-           "seconds the driver installer (.run) may run, and `--wait-lock` waits"),
+    Option("install_timeout", "GRID_AGENT_INSTALL_TIMEOUT", seconds_between(0, DAY, above=True),
+           "1800", "seconds the driver installer (.run) may run, and `--wait-lock` waits "
+           "(0 < s <= 86400)"),
     Option("wait_lock", "GRID_AGENT_WAIT_LOCK", parse_bool, "false",
            "wait for another grid-agent's host lock instead of exiting 8"),
     # Driver acquisition (agent/catalog.py, agent/install/download.py).
-    Option("driver_version", "GRID_AGENT_DRIVER_VERSION", str.strip, "580.105.08-grid-azure",
+    Option("driver_version", "GRID_AGENT_DRIVER_VERSION", driver_version, "580.105.08-grid-azure",
            "driver release to install (a catalog entry, or any version with a URL)"),
-    Option("driver_url", "GRID_AGENT_DRIVER_URL", str.strip, "",
+    Option("driver_url", "GRID_AGENT_DRIVER_URL", driver_url, "",
            "installer URL overriding the catalog's (e.g. an in-cluster mirror)"),
     Option("driver_sha256", "GRID_AGENT_DRIVER_SHA256", parse_sha256, "",
            "installer SHA-256 overriding or adding the catalog's pin"),
@@ -126,16 +201,29 @@ OPTIONS: tuple[Option, ...] = (
            "allow a driver with no pinned SHA-256 (logged as a loud warning)"),
     Option("allow_http_mirror", "GRID_AGENT_ALLOW_HTTP_MIRROR", parse_bool, "false",
            "allow a plain http:// GRID_AGENT_DRIVER_URL (redirects must still go to https)"),
-    Option("download_connect_timeout", "GRID_AGENT_DOWNLOAD_CONNECT_TIMEOUT", seconds, "15",
-           "seconds to wait for the download server to accept a connection"),
-    Option("download_read_timeout", "GRID_AGENT_DOWNLOAD_READ_TIMEOUT", seconds, "60",
-           "seconds without a byte from the download server before the attempt is retried"),
-    Option("download_attempts", "GRID_AGENT_DOWNLOAD_ATTEMPTS", int_at_least(1), "6",
-           "download attempts that make no progress before giving up (backoff between)"),
+    Option("download_connect_timeout", "GRID_AGENT_DOWNLOAD_CONNECT_TIMEOUT",
+           seconds_between(0, HOUR, above=True), "15",
+           "seconds to wait for the download server to accept a connection (0 < s <= 3600)"),
+    Option("download_read_timeout", "GRID_AGENT_DOWNLOAD_READ_TIMEOUT",
+           seconds_between(0, HOUR, above=True), "60",
+           "seconds without a byte from the download server before the attempt is retried "
+           "(0 < s <= 3600)"),
+    Option("download_attempts", "GRID_AGENT_DOWNLOAD_ATTEMPTS", int_between(1, 100), "6",
+           "download attempts that make no progress before giving up (backoff between; 1..100)"),
+    Option("download_deadline", "GRID_AGENT_DOWNLOAD_DEADLINE",
+           seconds_between(0, DAY, above=True), "3600",
+           "seconds the whole download may take, retries included, before exit 5 "
+           "(0 < s <= 86400)"),
+    Option("download_min_rate", "GRID_AGENT_DOWNLOAD_MIN_RATE", int_between(0, 1 << 30), "4096",
+           "bytes per second an attempt must average over each 30 s window, else it is "
+           "retried (0 turns the rule off; 0..1073741824)"),
+    Option("download_max_mb", "GRID_AGENT_DOWNLOAD_MAX_MB", int_between(1, 65536), "4096",
+           "MiB a download of unknown size may reach before it is cut (1..65536)"),
     # Host preparation (agent/install/preflight.py, packages.py).
-    Option("dpkg_lock_wait", "GRID_AGENT_DPKG_LOCK_WAIT", seconds, "300",
-           "seconds apt-get waits for the host's dpkg lock (unattended-upgrades at boot)"),
-    Option("min_free_mb", "GRID_AGENT_MIN_FREE_MB", int_at_least(0), "1024",
+    Option("dpkg_lock_wait", "GRID_AGENT_DPKG_LOCK_WAIT", seconds_between(0, DAY), "300",
+           "seconds apt-get waits for the host's dpkg lock (unattended-upgrades at boot; "
+           "0..86400)"),
+    Option("min_free_mb", "GRID_AGENT_MIN_FREE_MB", int_between(0, 1 << 30), "1024",
            "free MiB required on each host filesystem the install writes to"),
     Option("allow_unsupported_os", "GRID_AGENT_ALLOW_UNSUPPORTED_OS", parse_bool, "false",
            "install on a host OS other than Ubuntu 22.04/24.04 (logged as a warning)"),
@@ -145,10 +233,11 @@ OPTIONS: tuple[Option, ...] = (
            "DC-3Q) or the full product name; empty accepts any RTX Pro 6000 vGPU type"),
     Option("mig_policy", "GRID_AGENT_MIG_POLICY", choice("warn", "fail"), "warn",
            "what MIG mode other than Enabled is: a warning or a failure"),
-    Option("license_warn_days", "GRID_AGENT_LICENSE_WARN_DAYS", seconds, "7",
-           "warn when the vGPU licence expires within this many days"),
-    Option("check_timeout", "GRID_AGENT_CHECK_TIMEOUT", seconds, "45",
-           "seconds one health check cycle may take before it is cut and reported"),
+    Option("license_warn_days", "GRID_AGENT_LICENSE_WARN_DAYS", seconds_between(0, 3650), "7",
+           "warn when the vGPU licence expires within this many days (0..3650)"),
+    Option("check_timeout", "GRID_AGENT_CHECK_TIMEOUT", seconds_between(0, HOUR, above=True), "45",
+           "seconds one health check cycle may take before it is cut and reported "
+           "(0 < s <= 3600)"),
     Option("listen", "GRID_AGENT_LISTEN", host_port, "0.0.0.0:9402",
            "HOST:PORT for /livez /readyz /status /metrics in `watch`, or off"),
     Option("verdict_file", "GRID_AGENT_VERDICT_FILE", Path, "/run/grid-agent-pod/verdict.json",
@@ -181,6 +270,9 @@ class Settings:
     download_connect_timeout: float
     download_read_timeout: float
     download_attempts: int
+    download_deadline: float
+    download_min_rate: int
+    download_max_mb: int
     dpkg_lock_wait: float
     min_free_mb: int
     allow_unsupported_os: bool
@@ -200,16 +292,12 @@ class Settings:
 def _validate(values: dict[str, Any]) -> None:
     if not values["target_ids"]:
         raise ConfigError("GRID_AGENT_TARGET_PCI_IDS must name at least one vendor:device id")
-    if values["install_timeout"] <= 0:
-        raise ConfigError("GRID_AGENT_INSTALL_TIMEOUT must be greater than 0")
-    if values["check_timeout"] <= 0:
-        raise ConfigError("GRID_AGENT_CHECK_TIMEOUT must be greater than 0")
-    if values["command_timeout"] <= 0:
-        raise ConfigError("GRID_AGENT_COMMAND_TIMEOUT must be greater than 0")
-    for field, env in (("download_connect_timeout", "GRID_AGENT_DOWNLOAD_CONNECT_TIMEOUT"),
-                       ("download_read_timeout", "GRID_AGENT_DOWNLOAD_READ_TIMEOUT")):
-        if values[field] <= 0:
-            raise ConfigError(f"{env} must be greater than 0")
+
+
+def _shown(opt: Option, raw: str) -> str:
+    """The rejected value as an error shows it: secrets out of URLs, long values cut."""
+    text = redact_url(raw) if opt.field == "driver_url" else raw
+    return repr(text if len(text) <= 120 else text[:100] + "...")
 
 
 def build_settings(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> Settings:
@@ -226,6 +314,7 @@ def build_settings(flags: Mapping[str, str | None], environ: Mapping[str, str]) 
         try:
             values[opt.field] = opt.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"invalid value {raw!r} for {opt.label()}: {exc}") from None
+            raise ConfigError(f"invalid value {_shown(opt, raw)} for {opt.label()}: {exc}"
+                              ) from None
     _validate(values)
     return Settings(**values)

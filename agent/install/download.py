@@ -23,6 +23,7 @@ from agent.errors import DownloadError
 from agent.host.root import HostRoot
 from agent.install import cache
 from agent.install.progress import Meter, Progress, tty_progress
+from agent.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
     from agent.settings import Settings
@@ -154,7 +155,7 @@ def _check_target(url: str, *, allow_http: bool, redirect: bool) -> None:
     scheme = urlsplit(url).scheme
     if scheme == "https" or (scheme == "http" and allow_http):
         return
-    raise DownloadError(f"refusing to download from {url}: only HTTPS is allowed"
+    raise DownloadError(f"refusing to download from {redact_url(url)}: only HTTPS is allowed"
                         + (" for redirects" if redirect else ""),
                         remedy="point GRID_AGENT_DRIVER_URL at an HTTPS source")
 
@@ -165,9 +166,9 @@ def _classify(resp: requests.Response, url: str) -> None:
         return
     reason = f"{code} {resp.reason or ''}".strip()
     if code in (408, 429) or code >= 500:
-        raise TransientError(f"{url} answered {reason}",
+        raise TransientError(f"{redact_url(url)} answered {reason}",
                              retry_after=parse_retry_after(resp.headers.get("Retry-After")))
-    raise DownloadError(f"{url} answered {reason}",
+    raise DownloadError(f"{redact_url(url)} answered {reason}",
                         remedy="check GRID_AGENT_DRIVER_VERSION / GRID_AGENT_DRIVER_URL")
 
 
@@ -182,11 +183,11 @@ def _get(session: requests.Session, release: Release, headers: dict[str, str],
         if resp.status_code in _REDIRECTS and "Location" in resp.headers:
             resp.close()
             url = urljoin(url, resp.headers["Location"])
-            log.debug("download_redirect", to=url)
+            log.debug("download_redirect", to=redact_url(url))
             continue
         _classify(resp, url)
         return resp
-    raise DownloadError(f"more than {opts.max_redirects} redirects from {release.url}")
+    raise DownloadError(f"more than {opts.max_redirects} redirects from {release.shown_url}")
 
 
 def _content_range(resp: requests.Response) -> tuple[int, int | None]:
@@ -243,12 +244,15 @@ def _one_request(session: requests.Session, release: Release, part: _Part,
                 cache.check_space(part.path.parent, part.total - part.done)
             _stream(resp, part, opts, meter)
     except requests.exceptions.SSLError as exc:
-        raise DownloadError(f"TLS failure talking to {release.url}: {exc}") from None
+        raise DownloadError(f"TLS failure talking to {release.shown_url}: "
+                            f"{redact_text(str(exc), release.url)}") from None
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
             urllib3.exceptions.HTTPError) as exc:
-        raise TransientError(f"connection to {release.url} failed: {exc}") from None
+        raise TransientError(f"connection to {release.shown_url} failed: "
+                             f"{redact_text(str(exc), release.url)}") from None
     except requests.exceptions.RequestException as exc:  # bad URL, undecodable body, ...
-        raise DownloadError(f"download from {release.url} failed: {exc}") from None
+        raise DownloadError(f"download from {release.shown_url} failed: "
+                            f"{redact_text(str(exc), release.url)}") from None
     if part.total is not None and part.done < part.total:
         raise TransientError(f"body ended at byte {part.done} of {part.total}")
 
@@ -323,9 +327,9 @@ def ensure_installer(release: Release, root: HostRoot, *, session: requests.Sess
     cache.sweep_stale_parts(directory)
     if release.size is not None:
         cache.check_space(directory, release.size)
-    meter = Meter(release.url, every=opts.progress_every,
+    meter = Meter(release.shown_url, every=opts.progress_every,
                   progress=progress if progress is not None else tty_progress())
-    log.info("download_started", url=release.url, sha256=release.sha256, size=release.size)
+    log.info("download_started", url=release.shown_url, sha256=release.sha256, size=release.size)
     own = session is None
     session = session or new_session()
     try:

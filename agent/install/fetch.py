@@ -7,7 +7,7 @@ from collections.abc import Callable
 import requests
 
 from agent.catalog import resolve_release
-from agent.host.root import HostRoot
+from agent.host import host_root
 from agent.install.download import download_options, ensure_installer
 from agent.settings import Settings
 
@@ -16,6 +16,6 @@ def fetch_command(settings: Settings, *, echo: Callable[[str], None],
                   session: requests.Session | None = None) -> None:
     """Prints the cached installer's host path; DownloadError (exit 5) when it cannot."""
     release = resolve_release(settings)
-    root = HostRoot(settings.host_root)
+    root = host_root(settings)
     path = ensure_installer(release, root, session=session, options=download_options(settings))
     echo(root.host_path(path))

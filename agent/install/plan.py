@@ -63,7 +63,7 @@ def _download_item(flow: Flow) -> PlanItem:
         return PlanItem("download", False, "not needed: this pin is built for this kernel")
     if release.sha256 and cached_path(flow.root, release.sha256, release.filename).is_file():
         return PlanItem("download", False, f"{release.filename} cached (sha256 checked on use)")
-    return PlanItem("download", True, f"{release.url} into {CACHE_DIR} "
+    return PlanItem("download", True, f"{release.shown_url} into {CACHE_DIR} "
                                       f"(sha256 {release.sha256 or 'unpinned'})")
 
 

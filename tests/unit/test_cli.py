@@ -70,3 +70,16 @@ def test_termination_log_path_prefers_the_variable(tmp_path):
     assert termination_log_path(env) == tmp_path / "t"
 
 
+
+
+def test_missing_host_root_exits_2_and_is_never_created(tmp_path):
+    missing, term = tmp_path / "no" / "such", tmp_path / "term"
+    env = {"GRID_AGENT_TERMINATION_LOG": str(term)}
+    for cmd in ("install", "uninstall", "fetch"):
+        assert run_cli(["--no-nsenter", "--host-root", str(missing), cmd], env) == 2
+        assert not missing.exists() and not missing.parent.exists()
+        assert "GRID_AGENT_HOST_ROOT" in term.read_text()
+    plain = tmp_path / "file"
+    plain.write_text("")
+    assert run_cli(["--no-nsenter", "--host-root", str(plain), "install"], env) == 2
+    assert "is not a directory" in term.read_text()

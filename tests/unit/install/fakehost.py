@@ -30,6 +30,10 @@ class Release:
     module_type: str = "proprietary"
 
     @property
+    def shown_url(self) -> str:
+        return self.url
+
+    @property
     def filename(self) -> str:
         return f"NVIDIA-Linux-x86_64-{self.version}.run"
 

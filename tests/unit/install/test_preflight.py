@@ -190,7 +190,7 @@ def test_not_enough_disk_is_refused_with_numbers(host):
     with pytest.raises(PreflightError, match=r"not enough free space for /usr: \d+ MiB free"):
         pf.check_disk(host.root, "/usr", 1 << 60)
     with pytest.raises(PreflightError, match="not enough free space"):
-        pf.run_preflight(settings(min_free_mb=str(1 << 40)), host.root, runner())
+        pf.run_preflight(settings(min_free_mb=str(1 << 30)), host.root, runner())
 
 
 
