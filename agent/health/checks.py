@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from agent.driver.license import classify_license
 from agent.driver.nvsmi import GpuReport, NvsmiReport
@@ -23,10 +23,6 @@ class HealthConfig:
     expected_profile: str = ""  # "" accepts any DC-* profile; else a name or a DC-x-yQ token
     mig_policy: str = "warn"  # warn | fail when MIG is not Enabled
     license_warn_days: float = 7.0
-    now: datetime | None = None  # for tests; None means the wall clock
-
-    def clock(self) -> datetime:
-        return self.now or datetime.now(UTC)
 
 
 def _r(name: str, status: str, reason: str, **details: object) -> CheckResult:
@@ -139,7 +135,7 @@ def check_profile(obs: Observation, cfg: HealthConfig) -> CheckResult:
 
 
 def check_license(obs: Observation, cfg: HealthConfig) -> CheckResult:
-    now = cfg.clock()
+    now = obs.at
 
     def judge(g: GpuReport) -> tuple[str, str]:
         lic = classify_license(g.license_status)

@@ -12,6 +12,7 @@ from types import FrameType
 import structlog
 
 from agent.catalog import module_version
+from agent.clock import Clock, SystemClock
 from agent.errors import UnhealthyError
 from agent.health.checks import HealthConfig
 from agent.health.monitor import Healer, Health, Monitor, VerdictCache, real_healer
@@ -32,7 +33,8 @@ def _real_scan() -> Sequence[PciDevice]:
     return scan_pci()
 
 
-def build_health(settings: Settings, scan_pci: ScanPci | None = None) -> Health:
+def build_health(settings: Settings, scan_pci: ScanPci | None = None,
+                 clock: Clock | None = None) -> Health:
     root, runner = open_doors(settings)
     config = HealthConfig(
         module_version=module_version(settings.driver_version),
@@ -42,7 +44,8 @@ def build_health(settings: Settings, scan_pci: ScanPci | None = None) -> Health:
     )
     # A hung nvidia-smi is killed by the runner before the cycle's own deadline.
     timeout = min(settings.command_timeout, settings.check_timeout)
-    return Health(root, runner, config, settings.target_spec, scan_pci or _real_scan, timeout)
+    return Health(root, runner, config, settings.target_spec, scan_pci or _real_scan, timeout,
+                  clock or SystemClock())
 
 
 def format_table(verdict: Verdict) -> str:
@@ -56,7 +59,8 @@ def format_table(verdict: Verdict) -> str:
 def check_command(settings: Settings, *, as_json: bool, echo: Echo,
                   health: Health | None = None) -> Verdict:
     """Run the checks once (no self-heal); exit 9 through UnhealthyError when not ready."""
-    monitor = Monitor(health or build_health(settings), VerdictCache(), interval=0, jitter=0,
+    health = health or build_health(settings)
+    monitor = Monitor(health, VerdictCache(health.clock), interval=0, jitter=0,
                       check_timeout=settings.check_timeout)
     verdict = monitor.step()
     echo(json.dumps(verdict.to_dict(), indent=2) if as_json else format_table(verdict))
@@ -80,7 +84,8 @@ def watch_command(settings: Settings, *, health: Health | None = None,
     """The sidecar loop; SIGTERM ends it (never unloading or unmounting anything)."""
     from agent.health.server import HealthApp, HealthServer
 
-    monitor = Monitor(health or build_health(settings), VerdictCache(),
+    health = health or build_health(settings)
+    monitor = Monitor(health, VerdictCache(health.clock),
                       interval=settings.watch_interval, jitter=settings.watch_jitter,
                       check_timeout=settings.check_timeout,
                       healer=(healer or real_healer()) if settings.self_heal else None,
@@ -101,9 +106,10 @@ def watch_command(settings: Settings, *, health: Health | None = None,
     return monitor
 
 
-def probe_command(settings: Settings, kind: str, *, echo: Echo) -> None:
+def probe_command(settings: Settings, kind: str, *, echo: Echo,
+                  clock: Clock | None = None) -> None:
     """Answer an exec probe from the verdict file; never runs a check."""
-    answer = probe_verdict_file(settings.verdict_file, kind)
+    answer = probe_verdict_file(settings.verdict_file, kind, now=(clock or SystemClock()).time())
     if not answer.ok:
         raise UnhealthyError(f"{kind}: {answer.reason}")
     echo(f"{kind}: {answer.reason}")

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -96,9 +95,8 @@ def _install_metrics(install: dict[str, Any] | None) -> Iterator[Metric]:
 class VerdictCollector:
     """Reads the cache on each scrape, so /metrics never runs a check itself."""
 
-    def __init__(self, cache: VerdictCache, *, stale_after: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.cache, self.stale_after, self.clock = cache, stale_after, clock
+    def __init__(self, cache: VerdictCache, *, stale_after: float) -> None:
+        self.cache, self.stale_after = cache, stale_after
 
     def collect(self) -> Iterator[Metric]:
         verdict, heartbeat, cycles, timeouts, heals = self.cache.snapshot()
@@ -106,7 +104,7 @@ class VerdictCollector:
         build.add_metric([], {"version": __version__})
         yield build
         yield _gauge("loop_alive", "1 while the watch loop keeps producing verdicts",
-                     float(self.clock() - heartbeat <= self.stale_after))
+                     float(self.cache.age(heartbeat) <= self.stale_after))
         yield CounterMetricFamily(f"{P}_check_cycles", "check cycles run", value=cycles)
         yield CounterMetricFamily(f"{P}_check_timeouts", "check cycles cut by the deadline",
                                   value=timeouts)

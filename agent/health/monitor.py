@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from agent.clock import Clock
 from agent.errors import AgentError, LockHeldError
 from agent.handoff import inspect_handoff
 from agent.health.checks import HealthConfig, driver_healthy, run_checks
@@ -35,20 +36,21 @@ class Health:
     spec: TargetSpec
     scan_pci: Callable[[], Sequence[PciDevice]]
     command_timeout: float
+    clock: Clock  # the app's one clock: verdict stamps, licence expiry, the cache's heartbeat
 
     def observe(self) -> Observation:
         targets = target_slots(self.scan_pci, self.spec)
         return observe(self.root, self.runner, targets=targets,
-                       command_timeout=self.command_timeout)
+                       command_timeout=self.command_timeout, at=self.clock.now())
 
     def verdict(self, obs: Observation, started: float, began: float,
                 facts: dict[str, Any] | None = None) -> Verdict:
         checks = run_checks(obs, self.config)
-        return make_verdict(checks, started=started, duration=time.monotonic() - began,
+        return make_verdict(checks, started=started, duration=self.clock.monotonic() - began,
                             applicable=bool(obs.targets), facts={**describe(obs), **(facts or {})})
 
     def check_once(self) -> Verdict:
-        started, began = time.time(), time.monotonic()
+        started, began = self.clock.time(), self.clock.monotonic()
         return self.verdict(self.observe(), started, began)
 
 
@@ -98,19 +100,30 @@ def heal(health: Health, healer: Healer, obs: Observation,
 
 @dataclass
 class VerdictCache:
-    """The last verdict and the loop's heartbeat, shared between the loop and the server."""
+    """The last verdict and the loop's heartbeat, shared between the loop and the server.
 
+    Its clock is the app's: /status and /metrics read ages from it, so they cannot disagree.
+    """
+
+    clock: Clock
     verdict: Verdict | None = None
-    heartbeat: float = field(default_factory=time.monotonic)
+    heartbeat: float = field(init=False)
     cycles: int = 0
     timeouts: int = 0
     heals: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def __post_init__(self) -> None:
+        self.heartbeat = self.clock.monotonic()
+
+    def age(self, heartbeat: float) -> float:
+        """Seconds since that heartbeat, on the cache's clock."""
+        return self.clock.monotonic() - heartbeat
+
     def put(self, verdict: Verdict, *, timed_out: bool = False, healed: str | None = None) -> None:
         with self._lock:
             self.verdict = verdict
-            self.heartbeat = time.monotonic()
+            self.heartbeat = self.clock.monotonic()
             self.cycles += 1
             self.timeouts += int(timed_out)
             if healed:
@@ -122,7 +135,7 @@ class VerdictCache:
 
 
 def _cycle_with_heal(health: Health, healer: Healer | None) -> tuple[Verdict, str | None]:
-    started, began = time.time(), time.monotonic()
+    started, began = health.clock.time(), health.clock.monotonic()
     obs = health.observe()
     checks = run_checks(obs, health.config)
     action = heal(health, healer, obs, checks) if healer else None
@@ -159,6 +172,10 @@ class Monitor:
     check_nice: int = 10  # the check thread and the host commands it starts yield to probes
     _worker: threading.Thread | None = None
 
+    def __post_init__(self) -> None:
+        if self.cache.clock is not self.health.clock:
+            raise ValueError("the monitor's cache and checks must share the app's one clock")
+
     @property
     def stale_after(self) -> float:
         """How old a verdict may get before the loop counts as stuck (livez, probe live)."""
@@ -166,11 +183,12 @@ class Monitor:
 
     def _timed_out(self, started: float, why: str) -> Verdict:
         check = CheckResult("cycle", FAIL, why, {"timeout_seconds": self.check_timeout})
-        return make_verdict((check,), started=started, duration=time.time() - started)
+        return make_verdict((check,), started=started,
+                            duration=self.health.clock.time() - started)
 
     def step(self) -> Verdict:
         """One cycle in a worker thread, cut at the deadline; the loop goes on either way."""
-        started = time.time()
+        started = self.health.clock.time()
         if self._worker is not None and self._worker.is_alive():
             verdict = self._timed_out(started, "the previous check cycle is still running")
             return self._publish(verdict, timed_out=True, healed=None)
@@ -187,6 +205,7 @@ class Monitor:
         worker = threading.Thread(target=work, name="grid-agent-check", daemon=True)
         self._worker = worker
         worker.start()
+        # Waiting on a real thread takes real time: the deadline is not the app's clock.
         if not self._wait_worker(worker, time.monotonic() + self.check_timeout):
             return self.cache.snapshot()[0] or self._timed_out(started, "stopped")
         if worker.is_alive():
@@ -194,8 +213,9 @@ class Monitor:
             return self._publish(self._timed_out(started, why), timed_out=True, healed=None)
         if "error" in box:
             crash = CheckResult("cycle", FAIL, f"check cycle crashed: {box['error']!r}")
-            return self._publish(make_verdict((crash,), started=started,
-                                              duration=time.time() - started), healed=None)
+            return self._publish(make_verdict(
+                (crash,), started=started, duration=self.health.clock.time() - started),
+                healed=None)
         verdict, action = box["result"]
         return self._publish(verdict, healed=action)
 
@@ -212,7 +232,8 @@ class Monitor:
         self.cache.put(verdict, timed_out=timed_out, healed=healed)
         if self.verdict_file is not None:
             try:
-                write_verdict_file(self.verdict_file, verdict, stale_after=self.stale_after)
+                write_verdict_file(self.verdict_file, verdict, stale_after=self.stale_after,
+                                   now=self.health.clock.time())
             except OSError as exc:
                 log.warning("verdict_file_unwritable", path=str(self.verdict_file),
                             error=exc.strerror)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -40,6 +41,7 @@ class Observation:
     persistenced: str  # `systemctl is-active nvidia-persistenced`
     vulkan_icd: str | None  # the host path found, or None
     glx_lib: str | None
+    at: datetime  # when it was observed, on the app's clock (licence expiry is judged at it)
 
 
 def first_present(root: HostRoot, paths: Sequence[str]) -> str | None:
@@ -51,7 +53,7 @@ def target_slots(scan_pci: Callable[[], Sequence[PciDevice]], spec: TargetSpec) 
 
 
 def observe(root: HostRoot, runner: HostRunner, *, targets: tuple[str, ...],
-            command_timeout: float) -> Observation:
+            command_timeout: float, at: datetime) -> Observation:
     """Read the node; on a non-target node nothing is run (targets empty)."""
     applicable = bool(targets)
     smi = run_smi(runner, timeout=command_timeout) if applicable else None
@@ -69,6 +71,7 @@ def observe(root: HostRoot, runner: HostRunner, *, targets: tuple[str, ...],
         persistenced=persist,
         vulkan_icd=first_present(root, VULKAN_ICDS),
         glx_lib=first_present(root, GLX_LIBS),
+        at=at,
     )
 
 

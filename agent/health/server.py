@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -28,9 +27,8 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class HealthApp:
     """GET /livez /readyz /status /metrics, answered from the cache; no request body is read."""
 
-    def __init__(self, cache: VerdictCache, *, stale_after: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.cache, self.stale_after, self.clock = cache, stale_after, clock
+    def __init__(self, cache: VerdictCache, *, stale_after: float) -> None:
+        self.cache, self.stale_after = cache, stale_after
         self.registry = make_registry(cache, stale_after=stale_after)
         self.routes: dict[str, Callable[[], tuple[str, str, bytes]]] = {
             "/livez": self.livez, "/readyz": self.readyz, "/status": self.status,
@@ -49,7 +47,7 @@ class HealthApp:
 
     def _alive(self) -> tuple[bool, float]:
         _, heartbeat, *_ = self.cache.snapshot()
-        age = self.clock() - heartbeat
+        age = self.cache.age(heartbeat)
         return age <= self.stale_after, age
 
     def livez(self) -> tuple[str, str, bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,11 +79,9 @@ def make_verdict(checks: tuple[CheckResult, ...], *, started: float, duration: f
                    dict(facts or {}))
 
 
-def write_verdict_file(path: Path, verdict: Verdict, *, stale_after: float,
-                       now: float | None = None) -> None:
+def write_verdict_file(path: Path, verdict: Verdict, *, stale_after: float, now: float) -> None:
     """Atomically, so `probe` never reads a torn file; `stale_after` says when to stop trusting."""
-    written = time.time() if now is None else now
-    payload = {**verdict.to_dict(), "written_at": written, "stale_after": stale_after}
+    payload = {**verdict.to_dict(), "written_at": now, "stale_after": stale_after}
     write_atomic(path, json.dumps(payload, sort_keys=True) + "\n")
 
 
@@ -94,7 +91,7 @@ class ProbeAnswer:
     reason: str
 
 
-def probe_verdict_file(path: Path, kind: str, *, now: float | None = None) -> ProbeAnswer:
+def probe_verdict_file(path: Path, kind: str, *, now: float) -> ProbeAnswer:
     """`live`: a fresh verdict file; `ready`: fresh and not unhealthy. Never raises."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -102,7 +99,7 @@ def probe_verdict_file(path: Path, kind: str, *, now: float | None = None) -> Pr
         verdict = Verdict.from_dict(data)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return ProbeAnswer(False, f"no usable verdict at {path}: {exc}")
-    age = (time.time() if now is None else now) - written
+    age = now - written
     if age > stale_after:
         return ProbeAnswer(False, f"verdict is stale ({age:.0f}s old, limit {stale_after:.0f}s)")
     if kind == "ready" and not verdict.ready:

@@ -8,6 +8,7 @@ from agent.cli import cli
 from agent.health.monitor import VerdictCache
 from agent.health.server import HealthApp
 from agent.settings import OPTIONS, host_port
+from tests.fakes.clock import FakeClock
 from tests.packaging.kube import one, pod_containers, render
 
 pytestmark = pytest.mark.packaging
@@ -118,7 +119,7 @@ def test_probes_hit_the_sidecars_real_endpoints_and_port(objects, pod):
     assert listen == default
     ports = {p["name"]: p["containerPort"] for p in watch["ports"]}
     assert ports == {"health": host_port(listen)[1]}
-    app = HealthApp(VerdictCache(), stale_after=300)
+    app = HealthApp(VerdictCache(FakeClock()), stale_after=300)
     paths = {}
     for kind in PROBES:
         get = watch[kind]["httpGet"]

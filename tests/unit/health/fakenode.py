@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from agent import handoff as pub
@@ -15,12 +15,12 @@ from agent.host.lock import host_lock
 from agent.host.root import HostRoot
 from agent.host.runner import CommandResult
 from agent.pci import PciDevice, PciId, TargetSpec
+from tests.fakes.clock import FakeClock
 from tests.unit.driver.smifake import fixture
 
 TARGET = PciDevice("0000:00:02.0", 0x10DE, 0x2BB5, 0x1414, 0x2187, 0x030200, "nvidia")
 H100 = PciDevice("0000:00:03.0", 0x10DE, 0x2330, 0x10DE, 0x16C1, 0x030200, None)
 SPEC = TargetSpec(ids=(PciId(0x10DE, 0x2BB5),), subsystems=())
-NOW = datetime(2026, 6, 1, tzinfo=UTC)  # the fixtures' licence expires 2026-7-7
 BASE = ("22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
         "25 22 0:23 / /run rw,nosuid shared:5 - tmpfs tmpfs rw\n")
 RBIND = "31 25 8:1 / /run/nvidia/driver rw shared:1 - ext4 /dev/sda1 rw\n"
@@ -90,11 +90,13 @@ def reboot_without_driver(root: Path) -> None:
 
 
 def config(**kw) -> HealthConfig:
-    return HealthConfig(**{"module_version": "580.105.08", "now": NOW, **kw})
+    return HealthConfig(**{"module_version": "580.105.08", **kw})
 
 
-def health(root: Path, host: FakeHost, devices=(TARGET,), **cfg) -> Health:
-    return Health(HostRoot(root), host, config(**cfg), SPEC, lambda: list(devices), 5.0)
+def health(root: Path, host: FakeHost, devices=(TARGET,), *, now: datetime | None = None,
+           clock=None, **cfg) -> Health:
+    clock = clock or (FakeClock.at(now) if now else FakeClock())
+    return Health(HostRoot(root), host, config(**cfg), SPEC, lambda: list(devices), 5.0, clock)
 
 
 def healer() -> Healer:

@@ -1,6 +1,7 @@
 """check / probe commands, the verdict file and the health settings."""
 
 import json
+import time
 
 import pytest
 
@@ -101,13 +102,14 @@ def test_missing_or_broken_verdict_file(tmp_path, content):
     path = tmp_path / "v.json"
     if content is not None:
         path.write_text(content)
-    answer = probe_verdict_file(path, "live")
+    answer = probe_verdict_file(path, "live", now=0.0)
     assert not answer.ok and answer.reason.startswith(f"no usable verdict at {path}")
 
 
 def test_probe_command_and_cli(tmp_path, monkeypatch):
     s = settings(tmp_path)
-    write_verdict_file(s.verdict_file, verdict(FAIL), stale_after=100)
+    # `probe` is an app of its own, on the system clock: the file must be fresh for real.
+    write_verdict_file(s.verdict_file, verdict(FAIL), stale_after=100, now=time.time())
     lines = []
     probe_command(s, "live", echo=lines.append)
     assert lines == ["live: unhealthy"]

@@ -27,7 +27,7 @@ from tests.unit.health.fakenode import (
 
 def monitor(root, host, *, heal=True, timeout=5.0, devices=None, **kw):
     h = health(root, host) if devices is None else health(root, host, devices=devices)
-    return Monitor(h, VerdictCache(), interval=0.01, jitter=0.0, check_timeout=timeout,
+    return Monitor(h, VerdictCache(h.clock), interval=0.01, jitter=0.0, check_timeout=timeout,
                    healer=healer() if heal else None, **kw)
 
 

@@ -11,17 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.health.monitor import VerdictCache
 from agent.health.server import MAX_HEADER_BYTES, HealthApp, HealthServer
 from agent.health.verdict import FAIL, OK, WARN, CheckResult, make_verdict
+from tests.fakes.clock import FakeClock
 from tests.unit.health.fakenode import FakeHost, health, healthy_node
 
 STALE = 100.0
-
-
-class Clock:
-    def __init__(self, now=1000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 def call(app, path, method="GET"):
@@ -48,10 +41,7 @@ def verdict(*statuses, applicable=True):
 
 @pytest.fixture
 def app():
-    cache = VerdictCache()
-    clock = Clock()
-    cache.heartbeat = clock.now
-    return HealthApp(cache, stale_after=STALE, clock=clock)
+    return HealthApp(VerdictCache(FakeClock()), stale_after=STALE)
 
 
 def test_no_verdict_yet(app):
@@ -73,7 +63,7 @@ def test_ready_healthy_degraded_unhealthy_not_applicable(app):
 
 def test_livez_turns_503_when_the_loop_is_stuck(app):
     app.cache.put(verdict(OK))
-    app.clock.now = app.cache.heartbeat + STALE + 1
+    app.cache.clock.advance(STALE + 1)
     code, _, body = call(app, "/livez")
     assert code == 503 and body.startswith("watch loop stuck: no verdict for 101s")
 
