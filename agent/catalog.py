@@ -35,6 +35,12 @@ class Release:
     size: int | None
     module_type: str
     allow_http: bool = False  # only a configured mirror with GRID_AGENT_ALLOW_HTTP_MIRROR
+    source: str = ""  # where the URL (and the pin, when there is one) was published
+
+    @property
+    def vgpu_branch(self) -> int | None:
+        """NVIDIA vGPU software release of this driver branch (580.x -> 19, 595.x -> 20)."""
+        return vgpu_release(self.version)
 
     @property
     def shown_url(self) -> str:
@@ -61,9 +67,61 @@ CATALOG: dict[str, Release] = {
             sha256="b360c7edf0686c7e47b1dc7980baa5c7740a00eb372cfafe045a28b4456fb32b",
             size=None,
             module_type="proprietary",
+            source="public Azure install scripts (in no Azure catalog: the reference "
+                   "deployment's pin)",
+        ),
+        # Microsoft Learn, "Install GRID drivers on NCv6 RTX PRO 6000 BSE VMs": vGPU 20,
+        # installed with `-M open`. Microsoft publishes no checksum: pin it yourself.
+        Release(
+            version="595.58.03-grid-azure",
+            url="https://download.microsoft.com/download/51239696-ec04-4c02-a6b3-1d9c608fb57c/"
+                "NVIDIA-Linux-x86_64-595.58.03-grid-azure.run",
+            sha256=None,
+            size=None,
+            module_type="open",
+            source="Microsoft Learn: Install NVIDIA GPU drivers on N-series VMs running Linux "
+                   "(NCv6 RTX PRO 6000 BSE)",
         ),
     )
 }
+
+# NVIDIA vGPU software release per driver branch (NVIDIA vGPU release notes; Microsoft Learn
+# names R570 vGPU 18 and 595.58.03 "v20.x vGPU Unified Driver").
+VGPU_RELEASES: dict[int, int] = {535: 16, 550: 17, 570: 18, 580: 19, 595: 20}
+
+
+@dataclass(frozen=True)
+class KnownBadKernel:
+    """A kernel that GRID installs are reported to fail on, with the advice and its source."""
+
+    pattern: str  # a regular expression matched at the start of `uname -r`
+    problem: str
+    advice: str
+    source: str
+
+    def matches(self, kernel_release: str) -> bool:
+        return re.match(self.pattern, kernel_release.strip()) is not None
+
+
+KNOWN_BAD_KERNELS: tuple[KnownBadKernel, ...] = (
+    KnownBadKernel(
+        pattern=r"6\.11(?:[.-]|$)",
+        problem="GRID driver installation is reported failing on Azure kernel 6.11",
+        advice="downgrade the kernel to 6.8 (e.g. Ubuntu's linux-azure 6.8)",
+        source="Microsoft Learn, Install NVIDIA GPU drivers on N-series VMs running Linux: "
+               "Supported distributions and drivers, NVIDIA GRID drivers"),
+)
+
+
+def vgpu_release(version: str) -> int | None:
+    """The vGPU software release of a driver version's branch; None for an unknown branch."""
+    found = _MODULE_VERSION.match(version.strip())
+    return VGPU_RELEASES.get(int(found.group(0).split(".")[0])) if found else None
+
+
+def known_bad_kernel(kernel_release: str) -> tuple[KnownBadKernel, ...]:
+    """The catalog's known-bad entries this kernel release matches (usually none)."""
+    return tuple(k for k in KNOWN_BAD_KERNELS if k.matches(kernel_release))
 
 
 def parse_sha256(text: str) -> str:
@@ -120,6 +178,19 @@ def _pin_sha256(release: Release, settings: Settings) -> Release:
     return replace(release, sha256=wanted, size=None)  # the catalog size was for other bytes
 
 
+def missing_pin_message(release: Release) -> str:
+    """How to obtain a pin, and what running without one means."""
+    published = ("its publisher gives no SHA-256" if release.source
+                 else "no SHA-256 is configured for it")
+    return (
+        f"driver {release.version} has no pinned SHA-256 ({published}). To pin it: download "
+        f"{release.url} on a trusted machine, run `sha256sum {release.filename}`, and set "
+        "GRID_AGENT_DRIVER_SHA256 to its 64 hex digits (a node that downloads other bytes "
+        "then refuses them, exit 5). "
+        "GRID_AGENT_ALLOW_UNVERIFIED=true instead runs whatever the URL serves as root on "
+        "every node, without any integrity check")
+
+
 def resolve_release(settings: Settings) -> Release:
     """The catalog entry for the pinned version, with GRID_AGENT_DRIVER_* overrides applied."""
     release = _base(settings)
@@ -132,9 +203,7 @@ def resolve_release(settings: Settings) -> Release:
     check_url(release.url, allow_http=release.allow_http)
     if release.sha256 is None:
         if not settings.allow_unverified:
-            raise ConfigError(
-                f"driver {release.version} has no pinned SHA-256; set GRID_AGENT_DRIVER_SHA256, "
-                "or GRID_AGENT_ALLOW_UNVERIFIED=true to run an unverified download as root")
+            raise ConfigError(missing_pin_message(release))
         log.warning("unverified_driver_download",
                     version=release.version, url=release.shown_url,
                     warning="NO SHA-256 PINNED: the installer will run as root on this node "

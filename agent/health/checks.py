@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from agent.catalog import known_bad_kernel
 from agent.driver.license import classify_license
 from agent.driver.nvsmi import GpuReport, NvsmiReport
 from agent.driver.profile import parse_vgpu_type, profile_matches
@@ -199,6 +200,17 @@ def check_graphics(obs: Observation, cfg: HealthConfig) -> CheckResult:
               vulkan_icd=obs.vulkan_icd, glx_lib=obs.glx_lib)
 
 
+def check_kernel(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    release = obs.kernel_release
+    if not release:
+        return _r("kernel", SKIP, "host kernel release unknown")
+    bad = known_bad_kernel(release)
+    if bad:
+        return _r("kernel", WARN, f"kernel {release}: {bad[0].problem}; {bad[0].advice}",
+                  kernel_release=release, source=bad[0].source)
+    return _r("kernel", OK, f"kernel {release} is not a known-bad one", kernel_release=release)
+
+
 def check_handoff(obs: Observation, cfg: HealthConfig) -> CheckResult:
     handoff = obs.handoff
     if handoff is None:
@@ -213,7 +225,7 @@ def check_handoff(obs: Observation, cfg: HealthConfig) -> CheckResult:
 CHECKS: tuple[Callable[[Observation, HealthConfig], CheckResult], ...] = (
     check_driver_loaded, check_module_type, check_nvidia_smi, check_gpus, check_virtualization,
     check_profile, check_license, check_mig, check_gridd, check_persistence, check_graphics,
-    check_handoff,
+    check_kernel, check_handoff,
 )
 
 

@@ -22,6 +22,7 @@ from agent.pci import PciDevice, TargetSpec, detect
 
 log = structlog.get_logger(__name__)
 
+KERNEL_RELEASE = "/proc/sys/kernel/osrelease"
 VULKAN_ICDS = ("/usr/share/vulkan/icd.d/nvidia_icd.json", "/etc/vulkan/icd.d/nvidia_icd.json")
 GLX_LIBS = ("/usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.0", "/usr/lib64/libGLX_nvidia.so.0",
             "/usr/lib/libGLX_nvidia.so.0", "/lib/x86_64-linux-gnu/libGLX_nvidia.so.0")
@@ -42,6 +43,7 @@ class Observation:
     vulkan_icd: str | None  # the host path found, or None
     glx_lib: str | None
     at: datetime  # when it was observed, on the app's clock (licence expiry is judged at it)
+    kernel_release: str | None = None  # the host's /proc/sys/kernel/osrelease
 
 
 def first_present(root: HostRoot, paths: Sequence[str]) -> str | None:
@@ -72,6 +74,7 @@ def observe(root: HostRoot, runner: HostRunner, *, targets: tuple[str, ...],
         vulkan_icd=first_present(root, VULKAN_ICDS),
         glx_lib=first_present(root, GLX_LIBS),
         at=at,
+        kernel_release=(root.read_text(KERNEL_RELEASE) or "").strip() or None,
     )
 
 
@@ -93,6 +96,7 @@ def describe(obs: Observation) -> dict[str, Any]:
     return {
         "targets": list(obs.targets),
         "module_version": obs.module.version,
+        "kernel_release": obs.kernel_release,
         "module_type": obs.module.module_type,
         "driver_version": report.driver_version if report else None,
         "cuda_version": report.cuda_version if report else None,

@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 
 import structlog
 
+from agent.catalog import known_bad_kernel
 from agent.errors import HostCommandError, PreflightError, last_lines
 from agent.handoff import run_is_shared
 from agent.host.mounts import read_mountinfo
@@ -36,6 +37,7 @@ class Preflight:
     os_version: str
     secure_boot: str  # enabled | disabled | unknown (enabled never gets this far)
     headers: bool  # present now (else the packages step installs them)
+    warnings: tuple[str, ...] = ()  # known risks that do not stop the install
 
 
 def check_nsenter(runner: HostRunner) -> None:
@@ -234,6 +236,16 @@ def check_headers(root: HostRoot, kernel_release: str) -> bool:
     return False
 
 
+def warn_known_bad_kernel(kernel_release: str) -> tuple[str, ...]:
+    """The catalog's known-bad kernels: a warning with the advice and its source, no refusal."""
+    found = []
+    for bad in known_bad_kernel(kernel_release):
+        log.warning("known_bad_kernel", kernel_release=kernel_release, problem=bad.problem,
+                    advice=bad.advice, source=bad.source)
+        found.append(f"kernel {kernel_release}: {bad.problem}; {bad.advice} ({bad.source})")
+    return tuple(found)
+
+
 def run_preflight(settings: Settings, root: HostRoot, runner: HostRunner) -> Preflight:
     """Every check, cheapest first; the first failure raises PreflightError (exit 4)."""
     check_nsenter(runner)
@@ -242,9 +254,10 @@ def run_preflight(settings: Settings, root: HostRoot, runner: HostRunner) -> Pre
     secure_boot = check_secure_boot(root, runner)
     check_run_shared(root)
     kernel_release = host_kernel_release(runner)
+    warnings = warn_known_bad_kernel(kernel_release)
     headers = check_headers(root, kernel_release)
     check_disks(root, settings.min_free_mb * MB)
-    found = Preflight(kernel_release, os_id, os_version, secure_boot, headers)
+    found = Preflight(kernel_release, os_id, os_version, secure_boot, headers, warnings)
     log.info("preflight_passed", kernel_release=kernel_release, os=f"{os_id} {os_version}",
              secure_boot=secure_boot, headers=headers, changed=False)
     return found

@@ -3,7 +3,14 @@
 import pytest
 from structlog.testing import capture_logs
 
-from agent.catalog import CATALOG, Release, module_version, resolve_release
+from agent.catalog import (
+    CATALOG,
+    Release,
+    known_bad_kernel,
+    module_version,
+    resolve_release,
+    vgpu_release,
+)
 from agent.errors import ConfigError
 from agent.settings import build_settings
 
@@ -43,15 +50,65 @@ def test_sha256_override_wins_and_is_logged():
 
 def test_uncatalogued_version_with_url_and_sha256():
     release = resolve_release(settings(
-        driver_version="595.58.03-grid-azure",
-        driver_url="https://download.example/NVIDIA-Linux-x86_64-595.58.03-grid-azure.run",
+        driver_version="595.71.05-grid-azure",
+        driver_url="https://download.example/NVIDIA-Linux-x86_64-595.71.05-grid-azure.run",
         driver_sha256=OTHER))
-    assert release == Release("595.58.03-grid-azure", release.url, OTHER, None, "auto")
+    assert release == Release("595.71.05-grid-azure", release.url, OTHER, None, "auto")
+    assert release.vgpu_branch == 20
 
 
 def test_uncatalogued_version_without_url_names_the_variables():
     with pytest.raises(ConfigError, match="GRID_AGENT_DRIVER_URL"):
+        resolve_release(settings(driver_version="595.71.05-grid-azure"))
+
+
+def test_microsofts_ncv6_vgpu20_driver_is_catalogued_without_a_pin():
+    release = CATALOG["595.58.03-grid-azure"]
+    assert release.url == ("https://download.microsoft.com/download/"
+                           "51239696-ec04-4c02-a6b3-1d9c608fb57c/"
+                           "NVIDIA-Linux-x86_64-595.58.03-grid-azure.run")
+    assert release.sha256 is None and release.module_type == "open"
+    assert (release.vgpu_branch, CATALOG["580.105.08-grid-azure"].vgpu_branch) == (20, 19)
+
+
+def test_missing_pin_says_how_to_obtain_one():
+    with pytest.raises(ConfigError) as caught:
         resolve_release(settings(driver_version="595.58.03-grid-azure"))
+    line = caught.value.line()
+    assert caught.value.exit_code == 2
+    for needed in ("has no pinned SHA-256 (its publisher gives no SHA-256)",
+                   "download https://download.microsoft.com/download/51239696-",
+                   "`sha256sum NVIDIA-Linux-x86_64-595.58.03-grid-azure.run`",
+                   "set GRID_AGENT_DRIVER_SHA256 to its 64 hex digits",
+                   "GRID_AGENT_ALLOW_UNVERIFIED=true instead runs whatever the URL serves as "
+                   "root on every node, without any integrity check"):
+        assert needed in line
+    assert "\n" not in line
+
+
+def test_pinning_microsofts_driver_yourself():
+    release = resolve_release(settings(driver_version="595.58.03-grid-azure",
+                                       driver_sha256=OTHER))
+    assert release.sha256 == OTHER and release.url == CATALOG["595.58.03-grid-azure"].url
+
+
+@pytest.mark.parametrize(("version", "branch"), [
+    ("535.261.03", 16), ("550.127.05-grid-azure", 17), ("570.195.03-grid-azure", 18),
+    ("580.105.08-grid-azure", 19), ("595.58.03-grid-azure", 20), ("610.10", None),
+    ("bogus", None)])
+def test_vgpu_release_of_a_branch(version, branch):
+    assert vgpu_release(version) == branch
+
+
+@pytest.mark.parametrize(("kernel", "bad"), [
+    ("6.11.0-1018-azure", True), ("6.11.0-29-generic", True), ("6.11", True),
+    ("6.8.0-1021-azure", False), ("6.1.0-27-amd64", False), ("6.110.0", False),
+    ("5.6.11-azure", False)])
+def test_known_bad_kernels(kernel, bad):
+    found = known_bad_kernel(kernel)
+    assert bool(found) is bad
+    if bad:
+        assert "6.8" in found[0].advice and "Microsoft Learn" in found[0].source
 
 
 def test_unverified_is_refused_without_opt_in():

@@ -42,7 +42,7 @@ def test_healthy_node(node):
     assert {c.name: c.status for c in verdict.checks} == {
         "driver_loaded": "ok", "module_type": "ok", "nvidia_smi": "ok", "gpus": "ok",
         "virtualization": "ok", "profile": "ok", "license": "ok", "mig": "ok", "gridd": "ok",
-        "persistence": "ok", "graphics": "ok", "handoff": "ok"}
+        "persistence": "ok", "graphics": "ok", "kernel": "skip", "handoff": "ok"}
     assert driver_healthy(verdict.checks)
     assert verdict.facts["driver_version"] == "580.105.08"
     gpu = verdict.facts["gpus"][0]
@@ -259,3 +259,18 @@ def test_nvidia_smi_not_installed(node):
         "fail", "nvidia-smi is not installed on the host (exit 127)")
     assert status(verdict, "gpus") == ("fail", "no nvidia-smi -q -x report: nvidia-smi is not "
                                                "installed")
+
+
+@pytest.mark.parametrize(("release", "want"), [
+    ("6.8.0-1021-azure", ("ok", "kernel 6.8.0-1021-azure is not a known-bad one")),
+    ("6.11.0-1018-azure", ("warn", "kernel 6.11.0-1018-azure: GRID driver installation is "
+                           "reported failing on Azure kernel 6.11; downgrade the kernel to 6.8 "
+                           "(e.g. Ubuntu's linux-azure 6.8)")),
+])
+def test_known_bad_kernel_warns(node, release, want):
+    root, _ = node
+    put(root, "/proc/sys/kernel/osrelease", release + "\n")
+    verdict = verdict_of(node)
+    assert status(verdict, "kernel") == want
+    assert verdict.facts["kernel_release"] == release
+    assert verdict.ready

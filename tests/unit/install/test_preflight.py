@@ -213,3 +213,25 @@ def test_unreadable_namespaces_only_warn(tmp_path):
     with capture_logs() as logs:
         pf.check_host_pid(Tree(tmp_path).root, os.getpid())
     assert logs[0]["event"] == "host_pid_unverified"
+
+
+def test_known_bad_kernel_is_a_warning_with_advice_not_a_refusal(host):
+    bad = "6.11.0-1018-azure"
+    host.write(f"/usr/src/linux-headers-{bad}/Makefile", "all:\n")
+    host.link(f"/lib/modules/{bad}/build", f"/usr/src/linux-headers-{bad}")
+    run = FakeRunner().on("true").on("uname", "-r", stdout=f"{bad}\n")
+    with capture_logs() as logs:
+        found = pf.run_preflight(settings(), host.root, run)
+    (warning,) = [e for e in logs if e["event"] == "known_bad_kernel"]
+    assert warning["log_level"] == "warning" and warning["kernel_release"] == bad
+    assert "6.8" in warning["advice"] and "Microsoft Learn" in warning["source"]
+    (line,) = found.warnings
+    assert line.startswith(f"kernel {bad}: GRID driver installation is reported failing")
+    assert logs[-1]["event"] == "preflight_passed"
+
+
+def test_a_good_kernel_has_no_warning(host):
+    with capture_logs() as logs:
+        found = pf.run_preflight(settings(), host.root, runner())
+    assert found.warnings == ()
+    assert "known_bad_kernel" not in [e["event"] for e in logs]
