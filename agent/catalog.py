@@ -66,7 +66,9 @@ CATALOG: dict[str, Release] = {
                 "NVIDIA-Linux-x86_64-580.105.08-grid-azure.run",
             sha256="b360c7edf0686c7e47b1dc7980baa5c7740a00eb372cfafe045a28b4456fb32b",
             size=None,
-            module_type="proprietary",
+            # 10de:2bb5 (Blackwell) works with the open modules only: let the installer
+            # recommend (it answers `open`), as the GPU Operator's default does.
+            module_type="auto",
             source="public Azure install scripts (in no Azure catalog: the reference "
                    "deployment's pin)",
         ),

@@ -16,12 +16,15 @@ from agent.host.runner import HostRunner
 log = structlog.get_logger(__name__)
 
 MODULE_TYPE_VAR = "GRID_AGENT_KERNEL_MODULE_TYPE"
-# Both signals of a GPU that the proprietary module cannot drive (formats.md, the
-# installer's ERROR naming the open modules, or the kernel's NVRM line after a load).
-_REQUIRES_OPEN = re.compile(r"requires use of the NVIDIA open kernel modules|open kernel modules?",
-                            re.IGNORECASE)
+# The only signal of a GPU that the proprietary module cannot drive: the kernel's NVRM line
+# (modprobe fails, or the module loads and finds no device). The real installer never says
+# so in an ERROR line: forced with -M proprietary it installs (nvidia-installer 580.105.08,
+# kernel.c, valid_kernel_module_types / override_kernel_module_build_directory).
 _NVRM_REQUIRES_OPEN = re.compile(r"NVRM:.*requires use of the NVIDIA open kernel modules")
 _TYPES = ("open", "proprietary")
+# The GPU Operator's fallback when the installer cannot recommend (gpu-driver-container,
+# `_resolve_kernel_type_from_driver_branch`): branches before 560 proprietary, else open.
+OPEN_FROM_BRANCH = 560
 
 
 @dataclass(frozen=True)
@@ -34,16 +37,33 @@ class ModuleChoice:
 
 
 def requested_type(setting: str, catalog_type: str) -> str:
-    """An empty setting means the catalog's type for the release."""
-    return setting or catalog_type
+    """An empty setting means the catalog's type for the release, else `auto`."""
+    return setting or catalog_type or "auto"
 
 
-def choose_module_type(requested: str, recommended: str | None = None) -> ModuleChoice:
-    """Map the setting to the first type to try; `auto` uses the installer's recommendation."""
+def branch_module_type(module_version: str) -> str:
+    """The type for a driver branch when the installer cannot say: open from 560 on."""
+    try:
+        branch = int(module_version.split(".", 1)[0])
+    except ValueError:
+        raise InstallError(f"cannot tell the driver branch of {module_version!r}") from None
+    return "open" if branch >= OPEN_FROM_BRANCH else "proprietary"
+
+
+def choose_module_type(requested: str, recommended: str | None = None,
+                       module_version: str = "") -> ModuleChoice:
+    """Map the setting to the first type to try.
+
+    `auto` takes the installer's recommendation, else the branch rule (open from 560);
+    only an explicit `proprietary` may fall back to open after the kernel refuses it.
+    """
     if requested == "auto":
-        if recommended not in _TYPES:
-            raise InstallError(f"the installer recommended no usable module type ({recommended!r})")
-        return ModuleChoice(recommended, False, requested)
+        if recommended in _TYPES:
+            return ModuleChoice(recommended, False, requested)
+        chosen = branch_module_type(module_version)
+        log.info("module_type_from_branch", module_type=chosen, module_version=module_version,
+                 reason="the installer gave no recommendation")
+        return ModuleChoice(chosen, False, requested)
     if requested == "proprietary-strict":
         return ModuleChoice("proprietary", False, requested)
     if requested not in _TYPES:
@@ -60,16 +80,28 @@ def installer_argv(run_path: str, module_type: str, *, dkms: bool) -> list[str]:
     return argv
 
 
+def parse_recommendation(stdout: str) -> str | None:
+    """The installer prints `open` or `proprietary` on a line of its own, after the
+    makeself wrapper's "Verifying archive integrity" and "Uncompressing" lines."""
+    lines = [ln.strip() for ln in stdout.splitlines() if ln.strip() in _TYPES]
+    return lines[-1] if lines else None
+
+
 def recommended_module_type(runner: HostRunner, run_path: str, *, timeout: float) -> str | None:
-    """Ask the installer, as the operator's `auto` does (`--print-recommended-...`)."""
+    """Ask the installer, as the GPU Operator's `auto` does; None when it cannot answer.
+
+    `sh <.run> --print-recommended-kernel-module-type` extracts the archive, scans the
+    PCI bus and exits 0 with the answer; installers before 555 do not know the flag and
+    exit 1, as does one that cannot determine a type: then the branch rule decides.
+    """
     try:
         result = runner.run(["sh", run_path, "--print-recommended-kernel-module-type"],
                             timeout=timeout)
     except HostCommandError as exc:
-        raise InstallError(f"could not ask the installer for a module type: {exc.message}") from exc
-    # The makeself wrapper prints its own lines first; the answer is the last word.
-    words = [w for w in result.stdout.split() if w in _TYPES]
-    return words[-1] if words else None
+        log.warning("module_type_unrecommended", reason=exc.message,
+                    then="the driver branch decides (open from 560)")
+        return None
+    return parse_recommendation(result.stdout)
 
 
 def error_lines(log_text: str, count: int = 3) -> list[str]:
@@ -78,26 +110,17 @@ def error_lines(log_text: str, count: int = 3) -> list[str]:
     return found[-count:]
 
 
-def says_requires_open(text: str) -> bool:
-    """An installer ERROR line naming the open kernel modules."""
-    return any(_REQUIRES_OPEN.search(ln) for ln in error_lines(text, 50))
-
-
 def kernel_says_requires_open(kernel_log: str) -> bool:
     """The NVRM line the proprietary module prints on a GPU it cannot drive."""
     return bool(_NVRM_REQUIRES_OPEN.search(kernel_log))
 
 
 class InstallerFailed(InstallError):
-    """The `.run` exited non-zero; carries its ERROR lines (a caller looks for requires-open)."""
+    """The `.run` exited non-zero; carries its last ERROR lines."""
 
     def __init__(self, message: str, errors: list[str]) -> None:
         super().__init__(message, remedy=f"see {INSTALLER_LOG} on the node")
         self.errors = errors
-
-    @property
-    def requires_open(self) -> bool:
-        return says_requires_open("\n".join(self.errors))
 
 
 def _set_aside_old_log(root: HostRoot) -> None:

@@ -169,7 +169,7 @@ class Flow:
         if self.pin.requested == "auto":
             recommended = self.kit.recommended_type(self.runner, self.run_path,
                                                     timeout=self.settings.install_timeout)
-        return inst.choose_module_type(self.pin.requested, recommended)
+        return inst.choose_module_type(self.pin.requested, recommended, self.pin.module_version)
 
     def do_installer(self, module_type: str) -> bool:
         self.kit.run_installer(self.root, self.runner, self.run_path, module_type,
@@ -203,8 +203,7 @@ class Flow:
 
 
 def _requires_open(flow: Flow, exc: AgentError) -> bool:
-    if isinstance(exc, inst.InstallerFailed) and exc.requires_open:
-        return True
+    # The kernel's NVRM line is the one signal: the installer never refuses -M proprietary.
     return inst.kernel_says_requires_open(flow.kit.kernel_log(flow.runner))
 
 

@@ -1,5 +1,7 @@
 """Every scenario of the simulated node gets the right outcome and exit code."""
 
+import json
+
 import pytest
 
 from agent.handoff import MARKER_CONTENT
@@ -39,20 +41,42 @@ def test_health_scenarios_install_fine(simnode, catalog, scenario):
     assert_installed(simnode, install(simnode, catalog))
 
 
+def installer_runs(simnode):
+    """The fake installer's own record of its install/uninstall runs (one JSON line each)."""
+    text = host_text(simnode, "/var/lib/grid-sim/installer-runs.jsonl") or ""
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.mark.parametrize("scenario", ["requires-open", "recommend-unavailable"])
+def test_a_fresh_default_install_runs_the_installer_once_with_open(simnode, catalog, scenario):
+    # The Blackwell node as it really is: the proprietary module cannot drive it. `auto`
+    # asks the installer (open), or without an answer takes open for branch 580.
+    simnode.set_scenarios(scenario)
+    result = install(simnode, catalog)
+    assert_installed(simnode, result)
+    runs = installer_runs(simnode)
+    assert [r["module_type"] for r in runs] == ["open"], runs
+    assert not result.named("module_type_fallback")
+    assert record(simnode)["module_type"] == "open"
+    assert "Open Kernel Module" in host_text(simnode, "/proc/driver/nvidia/version")
+    assert bool(result.named("module_type_from_branch")) == (scenario != "requires-open")
+
+
 def test_requires_open_falls_back_with_a_warning(simnode, catalog):
     simnode.set_scenarios("requires-open")
-    result = install(simnode, catalog)
+    result = install(simnode, {**catalog, "GRID_AGENT_KERNEL_MODULE_TYPE": "proprietary"})
     assert_installed(simnode, result)
     warning, = result.named("module_type_fallback")
     assert "GRID_AGENT_KERNEL_MODULE_TYPE" in warning["hint"]
     assert record(simnode)["module_type"] == "open"
     assert "Open Kernel Module" in host_text(simnode, "/proc/driver/nvidia/version")
+    assert [r["module_type"] for r in installer_runs(simnode)] == ["proprietary", "open"]
 
 
 def test_requires_open_when_the_proprietary_module_loads_without_a_gpu(simnode, catalog):
     # The other shape: modprobe succeeds, the NVRM line is logged, nvidia-smi finds no GPU.
     simnode.set_scenarios("requires-open-loads")
-    result = install(simnode, catalog)
+    result = install(simnode, {**catalog, "GRID_AGENT_KERNEL_MODULE_TYPE": "proprietary"})
     assert_installed(simnode, result)
     assert result.named("module_type_fallback")
     assert record(simnode)["module_type"] == "open"

@@ -48,7 +48,7 @@ def test_every_contract_scenario_is_known():
                 "module-in-use", "smi-exit-14", "installer-error", "old-driver-loaded",
                 "no-gridd-unit"}
     assert contract <= set(SCENARIOS)
-    assert set(SCENARIOS) - contract == {"requires-open-loads"}
+    assert set(SCENARIOS) - contract == {"requires-open-loads", "recommend-unavailable"}
 
 
 def test_healthy_reports_a_licensed_vgpu_with_mig(driven):

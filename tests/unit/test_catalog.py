@@ -29,7 +29,7 @@ def test_default_is_the_pinned_azure_580_release():
                            "85beffdc-8361-4df4-a823-dcb1b230a7aa/"
                            "NVIDIA-Linux-x86_64-580.105.08-grid-azure.run")
     assert release.sha256 == PINNED
-    assert release.module_type == "proprietary"
+    assert release.module_type == "auto"  # the installer recommends (open here)
     assert release.filename == "NVIDIA-Linux-x86_64-580.105.08-grid-azure.run"
     assert not release.allow_http
 

@@ -12,10 +12,18 @@ WARNING: something harmless
 ERROR: Unable to load the kernel module 'nvidia.ko'.
 ERROR: Installation has failed.
 """
-LOG_OPEN = """\
-ERROR: The NVIDIA GPU 0000:00:02.0 (PCI ID: 10de:2bb5) installed in this system requires use \
-of the NVIDIA open kernel modules.
-ERROR: Installation has failed.
+# What the real 580.105.08 installer says when -M names a type the GPUs cannot use
+# (kernel.c): a WARNING, and it installs anyway. Never an ERROR naming the open modules.
+LOG_FORCED = """\
+WARNING: The 'NVIDIA Proprietary' kernel modules are incompatible with the GPU(s) detected \
+on this system. They will be installed anyway, but are not expected to work.
+-> Installation of the NVIDIA Accelerated Graphics Driver for Linux-x86_64 is now complete.
+"""
+# makeself's own lines come first on stdout; the installer's answer is a line of its own.
+RECOMMEND_OUT = """\
+Verifying archive integrity...  100%   MD5 checksums are OK. All good.
+Uncompressing NVIDIA Accelerated Graphics Driver for Linux-x86_64 580.105.08  100%
+open
 """
 NVRM = ("[ 12.3] NVRM: The NVIDIA GPU 0000:00:02.0 (PCI ID: 10de:2bb5) installed in this system "
         "requires use of the NVIDIA open kernel modules.\n[ 12.4] NVRM: RmInitAdapter failed!\n")
@@ -59,17 +67,26 @@ def add_dkms(root, where="/usr/sbin"):
     ("auto", "proprietary", inst.ModuleChoice("proprietary", False, "auto")),
 ])
 def test_choose_module_type(requested, recommended, want):
-    assert inst.choose_module_type(requested, recommended) == want
+    assert inst.choose_module_type(requested, recommended, "580.105.08") == want
 
 
-def test_auto_without_a_usable_answer_is_an_install_error():
-    with pytest.raises(InstallError, match="recommended no usable"):
-        inst.choose_module_type("auto", None)
+@pytest.mark.parametrize(("version", "want"), [
+    ("580.105.08", "open"), ("560.28.03", "open"), ("595.58.03", "open"),
+    ("550.144.03", "proprietary"), ("535.261.03", "proprietary"),
+])
+def test_auto_without_an_answer_follows_the_branch_like_the_gpu_operator(version, want):
+    assert inst.choose_module_type("auto", None, version) == inst.ModuleChoice(want, False, "auto")
 
 
-def test_empty_setting_means_the_catalog_type():
+def test_auto_without_an_answer_or_a_branch_is_an_install_error():
+    with pytest.raises(InstallError, match="driver branch"):
+        inst.choose_module_type("auto", None, "")
+
+
+def test_empty_setting_means_the_catalog_type_else_auto():
     assert inst.requested_type("", "proprietary") == "proprietary"
     assert inst.requested_type("open", "proprietary") == "open"
+    assert inst.requested_type("", "") == "auto"
 
 
 def test_argv_without_and_with_dkms(root):
@@ -109,7 +126,6 @@ def test_failure_surfaces_the_last_error_lines_of_this_runs_log(root):
     assert "Unable to load the kernel module" in err.value.message
     assert "Installation has failed" in err.value.message
     assert "older attempt" not in err.value.message
-    assert err.value.requires_open is False
     assert root.path(inst.INSTALLER_LOG + ".old").read_text() == "ERROR: from an older attempt\n"
 
 
@@ -119,21 +135,25 @@ def test_failure_without_a_log_uses_the_command_output(root):
         inst.run_installer(root, runner, "/d.run", "open", timeout=10)
 
 
-def test_requires_open_signals():
-    assert inst.says_requires_open(LOG_OPEN)
-    assert not inst.says_requires_open(LOG_FAIL)
+def test_only_the_kernel_says_requires_open():
     assert inst.kernel_says_requires_open(NVRM)
     assert not inst.kernel_says_requires_open("NVRM: loading NVIDIA UNIX x86_64 Kernel Module")
+    assert not inst.kernel_says_requires_open(LOG_FORCED)
+    assert not hasattr(inst, "says_requires_open")
 
 
-def test_recommended_type_takes_the_last_word_after_makeself_chatter(root):
-    runner = ScriptedRunner(root, stdout="Verifying archive integrity... OK\nopen\n")
+def test_recommended_type_is_the_answer_line_after_makeself_chatter(root):
+    runner = ScriptedRunner(root, stdout=RECOMMEND_OUT)
     assert inst.recommended_module_type(runner, "/d.run", timeout=5) == "open"
     assert runner.argvs[0][0] == ["sh", "/d.run", "--print-recommended-kernel-module-type"]
+    assert inst.parse_recommendation("Uncompressing NVIDIA ... open source\n") is None
     assert inst.recommended_module_type(ScriptedRunner(root, stdout="??"), "/d.run",
                                         timeout=5) is None
-    with pytest.raises(InstallError, match="could not ask"):
-        inst.recommended_module_type(ScriptedRunner(root, rc=1), "/d.run", timeout=5)
+
+
+def test_an_installer_that_cannot_recommend_answers_none(root):
+    runner = ScriptedRunner(root, rc=1, stdout="ERROR: Invalid commandline\n")
+    assert inst.recommended_module_type(runner, "/d.run", timeout=5) is None
 
 
 def test_host_path_of(root):

@@ -200,24 +200,27 @@ def test_module_type_change_unloads_the_same_version_before_reinstalling(node):
     assert read_record(node.root).module_type == "open"
 
 
-def test_installer_error_naming_the_open_modules_also_falls_back(node):
+def test_an_installer_error_naming_the_open_modules_is_no_signal(node):
+    """The real installer never refuses -M proprietary: only the kernel's NVRM line counts."""
     from agent.install.installer import InstallerFailed
 
-    real = node.run_installer
-
     def refusing(root, runner, run_path, module_type, *, timeout):
-        if module_type == "proprietary":
-            node.calls.append(("run_installer", run_path, module_type))
-            raise InstallerFailed("driver installer failed", [
-                "ERROR: The NVIDIA GPU 0000:00:02.0 (PCI ID: 10de:2bb5) installed in this "
-                "system requires use of the NVIDIA open kernel modules."])
-        return real(root, runner, run_path, module_type, timeout=timeout)
+        node.calls.append(("run_installer", run_path, module_type))
+        raise InstallerFailed("driver installer failed", [
+            "ERROR: The NVIDIA GPU 0000:00:02.0 (PCI ID: 10de:2bb5) installed in this "
+            "system requires use of the NVIDIA open kernel modules."])
 
     kit = node.kit().__class__(**{**node.kit().__dict__, "run_installer": refusing})
-    out = pipeline.install(settings(), node.root, object(), kit)
-    assert out.outcome == "installed"
-    assert [c[2] for c in node.calls if c[0] == "run_installer"] == ["proprietary", "open"]
-    assert "kernel_log" not in node.names()  # the installer's own words sufficed
+    with pytest.raises(InstallerFailed):
+        pipeline.install(settings(kernel_module_type="proprietary"), node.root, object(), kit)
+    assert [c[2] for c in node.calls if c[0] == "run_installer"] == ["proprietary"]
+    assert "kernel_log" in node.names()  # asked, and the kernel said nothing
+
+
+def test_auto_without_a_recommendation_takes_open_for_branch_580(node):
+    node.recommended = None
+    install(node, kernel_module_type="auto")
+    assert [c[2] for c in node.calls if c[0] == "run_installer"] == ["open"]
 
 
 def test_a_built_driver_needs_no_download(node):
