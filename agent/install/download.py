@@ -21,7 +21,7 @@ from agent import __version__
 from agent.catalog import Release
 from agent.errors import DownloadError
 from agent.host.root import HostRoot
-from agent.install import cache
+from agent.install import baked, cache
 from agent.install.progress import Meter, Progress, tty_progress
 from agent.redact import redact_text, redact_url
 
@@ -311,12 +311,19 @@ def _transfer(session: requests.Session, release: Release, root: HostRoot,
 
 def ensure_installer(release: Release, root: HostRoot, *, session: requests.Session | None = None,
                      progress: Progress | None = None, options: DownloadOptions | None = None,
-                     retrying: tenacity.Retrying | None = None) -> Path:
-    """The verified cached `.run` (agent-visible path); downloads only on a cache miss."""
+                     retrying: tenacity.Retrying | None = None,
+                     image_dir: Path | None = baked.IMAGE_DRIVER_DIR) -> Path:
+    """The verified cached `.run` (agent-visible path); downloads only on a cache miss.
+
+    Order: the host cache, then the copy baked into the agent's image (`image_dir`,
+    verified and copied into the cache), then the mirror or URL.
+    """
     if release.sha256 is not None:
         hit = cache.lookup(root, release.sha256, release.filename)
         if hit is not None:
             log.info("installer_cached", path=str(hit), sha256=release.sha256, changed=False)
+            return hit
+        if image_dir is not None and (hit := baked.adopt(release, root, image_dir)):
             return hit
     opts = options or DownloadOptions()
     directory = cache.cache_dir(root)

@@ -3,6 +3,7 @@ buildah and the agent runs inside it (scripts/build-image's smoke run, plus a lo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -49,7 +50,7 @@ def test_base_is_a_pinned_dated_debian_tag():
 
 
 def test_final_stage_has_the_runtime_and_no_toolchain():
-    builder, final = stages()
+    builder, _driver, final = stages()
     assert "AS builder" in builder.splitlines()[0]
     assert {"python3-pip", "python3-venv"} <= apt_packages(builder)
     packages = apt_packages(final)
@@ -64,7 +65,17 @@ def test_final_stage_has_the_runtime_and_no_toolchain():
 
 def test_build_context_is_only_the_package():
     ignore = (REPO / ".dockerignore").read_text().splitlines()
-    assert ignore[ignore.index("*") + 1:][:3] == ["!pyproject.toml", "!README.md", "!agent/"]
+    assert ignore[ignore.index("*") + 1:][:4] == ["!pyproject.toml", "!README.md", "!agent/",
+                                                  "!container/driver/"]
+
+
+def test_the_driver_stage_verifies_what_it_bakes_and_the_final_stage_takes_only_that():
+    _builder, driver, final = stages()
+    assert "AS driver" in driver.splitlines()[0]
+    assert 'echo "$DRIVER_SHA256  /in/$DRIVER_RUN" > /tmp/driver.sha256' in driver
+    assert "sha256sum -c /tmp/driver.sha256" in driver
+    assert "COPY --from=driver /out/ /opt/grid-agent/driver/" in final
+    assert "/in/" not in final
 
 
 @pytest.fixture(scope="session")
@@ -123,3 +134,29 @@ def test_image_has_the_host_tools_and_debians_python(container):
 def test_image_has_no_compiler_or_pip(container):
     proc = run_in(container, "sh", "-c", " ; ".join(f"command -v {t}" for t in COMPILERS))
     assert proc.stdout.strip() == "", proc.stdout
+
+
+def build_driver_stage(context, sha256: str) -> subprocess.CompletedProcess:
+    base = re.search(r"(?m)^ARG BASE_IMAGE=(\S+)$", DOCKERFILE.read_text()).group(1)
+    return subprocess.run(
+        ["buildah", "--storage-driver", "vfs", "bud", "--isolation", "chroot", "--quiet",
+         "--target", "driver", "--build-arg", f"BASE_IMAGE={base}",
+         "--build-arg", "DRIVER_RUN=NVIDIA-Linux-x86_64-test.run",
+         "--build-arg", f"DRIVER_SHA256={sha256}", "-f", str(DOCKERFILE), "-t",
+         "localhost/grid-driver-agent-driver-test", str(context)],
+        capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_the_build_refuses_a_baked_installer_whose_hash_differs(image, tmp_path):
+    """The driver stage alone (the base is present once `image` built): right hash, wrong hash."""
+    (tmp_path / "container" / "driver").mkdir(parents=True)
+    data = b"#!/bin/sh\necho not really a driver\n"
+    (tmp_path / "container" / "driver" / "NVIDIA-Linux-x86_64-test.run").write_bytes(data)
+    good = hashlib.sha256(data).hexdigest()
+    try:
+        ok = build_driver_stage(tmp_path, good)
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        bad = build_driver_stage(tmp_path, "0" * 64)
+        assert bad.returncode != 0, bad.stderr[-2000:]
+    finally:
+        buildah("rmi", "localhost/grid-driver-agent-driver-test", check=False)
