@@ -16,7 +16,14 @@ from agent import log as agent_log
 from agent.errors import AgentError, NotATargetNode
 from agent.pci import Detection, detect
 from agent.redact import redact_text
-from agent.settings import LOG_FORMATS, LOG_LEVELS, OPTIONS, Settings, build_settings
+from agent.settings import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    OPTIONS,
+    Settings,
+    build_settings,
+    retired_in,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +49,8 @@ def cli(ctx: click.Context, **flags: object) -> None:
            for k, v in flags.items()}
     settings = build_settings(raw, os.environ)
     agent_log.configure(settings.log_format, settings.log_level)
+    for env, replacement in retired_in(os.environ):
+        log.warning("setting_retired", variable=env, ignored=True, use=replacement)
     ctx.obj = settings
 
 

@@ -233,8 +233,10 @@ OPTIONS: tuple[Option, ...] = (
            "DC-3Q) or the full product name; empty accepts any RTX Pro 6000 vGPU type"),
     Option("mig_policy", "GRID_AGENT_MIG_POLICY", choice("warn", "fail"), "warn",
            "what MIG mode other than Enabled is: a warning or a failure"),
-    Option("license_warn_days", "GRID_AGENT_LICENSE_WARN_DAYS", seconds_between(0, 3650), "7",
-           "warn when the vGPU licence expires within this many days (0..3650)"),
+    Option("license_min_remaining", "GRID_AGENT_LICENSE_MIN_REMAINING",
+           seconds_between(300, 7 * DAY), "14400",
+           "seconds of vGPU licence lease left below which the lease is at risk (a warning); "
+           "leases are short and renewed, so this is hours, not days (300..604800)"),
     Option("check_timeout", "GRID_AGENT_CHECK_TIMEOUT", seconds_between(0, HOUR, above=True), "45",
            "seconds one health check cycle may take before it is cut and reported "
            "(0 < s <= 3600)"),
@@ -278,7 +280,7 @@ class Settings:
     allow_unsupported_os: bool
     expected_profile: str
     mig_policy: str
-    license_warn_days: float
+    license_min_remaining: float
     check_timeout: float
     listen: tuple[str, int] | None
     verdict_file: Path
@@ -298,6 +300,18 @@ def _shown(opt: Option, raw: str) -> str:
     """The rejected value as an error shows it: secrets out of URLs, long values cut."""
     text = redact_url(raw) if opt.field == "driver_url" else raw
     return repr(text if len(text) <= 120 else text[:100] + "...")
+
+
+# Variables that no longer do anything: what replaced them (logged once by the CLI).
+RETIRED = {
+    "GRID_AGENT_LICENSE_WARN_DAYS": "GRID_AGENT_LICENSE_MIN_REMAINING (real leases are hours "
+                                    "long and renewed; a days threshold warned forever)",
+}
+
+
+def retired_in(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(variable, replacement) for each retired variable that is still set: ignored, not fatal."""
+    return [(env, why) for env, why in RETIRED.items() if env in environ]
 
 
 def build_settings(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> Settings:

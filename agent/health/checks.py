@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from agent.catalog import known_bad_kernel
-from agent.driver.license import classify_license
+from agent.driver.license import AT_RISK, LAPSED, LEASE_OK, classify_license, judge_lease
 from agent.driver.nvsmi import GpuReport, NvsmiReport
 from agent.driver.profile import parse_vgpu_type, profile_matches
 from agent.errors import last_lines
@@ -23,7 +23,7 @@ class HealthConfig:
     module_version: str  # e.g. 580.105.08 (catalog.module_version of the pinned release)
     expected_profile: str = ""  # "" accepts any DC-* profile; else a name or a DC-x-yQ token
     mig_policy: str = "warn"  # warn | fail when MIG is not Enabled
-    license_warn_days: float = 7.0
+    license_min_remaining: float = 4 * 3600.0  # seconds of lease left below which it is at risk
 
 
 def _r(name: str, status: str, reason: str, **details: object) -> CheckResult:
@@ -136,20 +136,13 @@ def check_profile(obs: Observation, cfg: HealthConfig) -> CheckResult:
 
 
 def check_license(obs: Observation, cfg: HealthConfig) -> CheckResult:
-    now = obs.at
+    minimum = timedelta(seconds=cfg.license_min_remaining)
+    levels = {LAPSED: FAIL, AT_RISK: WARN, LEASE_OK: OK}
 
     def judge(g: GpuReport) -> tuple[str, str]:
-        lic = classify_license(g.license_status)
-        if not lic.licensed:
-            return FAIL, f"not licensed ({lic.raw or 'no licence status'})"
-        if lic.expiry is None:
-            return OK, lic.raw or "Licensed"
-        left = lic.expiry - now
-        if left <= timedelta(0):
-            return WARN, f"licence expiry {lic.expiry.isoformat()} has passed"
-        if left < timedelta(days=cfg.license_warn_days):
-            return WARN, f"licence expires in {left.total_seconds() / 86400:.1f} days"
-        return OK, lic.raw or "Licensed"
+        level, why = judge_lease(classify_license(g.license_status), obs.at,
+                                 min_remaining=minimum, seen=obs.leases.get(g.pci_bus_id))
+        return levels[level], why
     return _per_gpu("license", obs, judge, "licensed")
 
 

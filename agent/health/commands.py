@@ -40,7 +40,7 @@ def build_health(settings: Settings, scan_pci: ScanPci | None = None,
         module_version=module_version(settings.driver_version),
         expected_profile=settings.expected_profile,
         mig_policy=settings.mig_policy,
-        license_warn_days=settings.license_warn_days,
+        license_min_remaining=settings.license_min_remaining,
     )
     # A hung nvidia-smi is killed by the runner before the cycle's own deadline.
     timeout = min(settings.command_timeout, settings.check_timeout)

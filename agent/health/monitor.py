@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from agent.clock import Clock
+from agent.driver.license import LeaseBook
 from agent.errors import AgentError, LockHeldError
 from agent.handoff import inspect_handoff
 from agent.health.checks import HealthConfig, driver_healthy, run_checks
@@ -37,11 +38,15 @@ class Health:
     scan_pci: Callable[[], Sequence[PciDevice]]
     command_timeout: float
     clock: Clock  # the app's one clock: verdict stamps, licence expiry, the cache's heartbeat
+    leases: LeaseBook = field(default_factory=LeaseBook)  # each GPU's lease across cycles
 
     def observe(self) -> Observation:
         targets = target_slots(self.scan_pci, self.spec)
-        return observe(self.root, self.runner, targets=targets,
-                       command_timeout=self.command_timeout, at=self.clock.now())
+        obs = observe(self.root, self.runner, targets=targets,
+                      command_timeout=self.command_timeout, at=self.clock.now())
+        report = obs.smi.report if obs.smi else None
+        statuses = {g.pci_bus_id: g.license_status for g in report.gpus} if report else {}
+        return replace(obs, leases=self.leases.update(statuses, obs.at))
 
     def verdict(self, obs: Observation, started: float, began: float,
                 facts: dict[str, Any] | None = None) -> Verdict:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import structlog
 
-from agent.driver.license import classify_license
+from agent.driver.license import LeaseSeen, classify_license
 from agent.driver.nvsmi import GpuReport, SmiOutcome, run_smi
 from agent.driver.profile import parse_vgpu_type
 from agent.driver.record import InstallRecord, read_record
@@ -44,6 +44,7 @@ class Observation:
     glx_lib: str | None
     at: datetime  # when it was observed, on the app's clock (licence expiry is judged at it)
     kernel_release: str | None = None  # the host's /proc/sys/kernel/osrelease
+    leases: Mapping[str, LeaseSeen] = field(default_factory=dict)  # the watch loop's memory
 
 
 def first_present(root: HostRoot, paths: Sequence[str]) -> str | None:

@@ -69,7 +69,7 @@ NUMERIC = [o for o in OPTIONS if o.env in {
     "GRID_AGENT_INSTALL_TIMEOUT", "GRID_AGENT_DOWNLOAD_CONNECT_TIMEOUT",
     "GRID_AGENT_DOWNLOAD_READ_TIMEOUT", "GRID_AGENT_DOWNLOAD_ATTEMPTS",
     "GRID_AGENT_DOWNLOAD_DEADLINE", "GRID_AGENT_DOWNLOAD_MIN_RATE", "GRID_AGENT_DOWNLOAD_MAX_MB",
-    "GRID_AGENT_DPKG_LOCK_WAIT", "GRID_AGENT_MIN_FREE_MB", "GRID_AGENT_LICENSE_WARN_DAYS",
+    "GRID_AGENT_DPKG_LOCK_WAIT", "GRID_AGENT_MIN_FREE_MB", "GRID_AGENT_LICENSE_MIN_REMAINING",
     "GRID_AGENT_CHECK_TIMEOUT", "GRID_AGENT_HOST_PID"}]
 
 
@@ -126,3 +126,15 @@ def test_unbindable_listen_address_is_a_config_error(listen):
 def test_empty_host_root_is_refused(root):
     with pytest.raises(ConfigError, match="--host-root / GRID_AGENT_HOST_ROOT"):
         build({"host_root": root})
+
+
+def test_the_retired_licence_days_variable_is_ignored_and_named():
+    from agent.settings import retired_in
+
+    environ = {"GRID_AGENT_LICENSE_WARN_DAYS": "7"}
+    settings = build_settings({}, environ)  # not fatal: an old manifest keeps working
+    assert settings.license_min_remaining == 14400.0
+    ((env, use),) = retired_in(environ)
+    assert env == "GRID_AGENT_LICENSE_WARN_DAYS" and use.startswith(
+        "GRID_AGENT_LICENSE_MIN_REMAINING")
+    assert retired_in({}) == []

@@ -1,12 +1,13 @@
 """Every check against a fake node on disk: healthy, and each way a node goes wrong."""
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from agent.health.checks import driver_healthy
 from agent.health.verdict import DEGRADED, HEALTHY, NOT_APPLICABLE, UNHEALTHY
+from tests.fakes.clock import FakeClock
 from tests.unit.driver.smifake import fixture
 from tests.unit.health.fakenode import (
     H100,
@@ -164,15 +165,61 @@ def test_every_unlicensed_form_fails(node, name):
     assert status(verdict, "license")[1].startswith("not licensed (")
 
 
-def test_licence_near_expiry_warns(node):
-    verdict = verdict_of(node, now=datetime(2026, 7, 3, tzinfo=UTC))
+# The fixtures' lease ends 2026-7-7 16:1:44 GMT; real guests hold hours-long leases.
+EXPIRY = datetime(2026, 7, 7, 16, 1, 44, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("left", "reason"), [
+    (timedelta(hours=20), "licensed, lease ends in 20.0 h"),
+    (timedelta(hours=48), "licensed, lease ends in 48.0 h"),
+    (timedelta(days=30), "licensed, lease ends in 720.0 h"),
+])
+def test_real_short_leases_are_healthy(node, left, reason):
+    verdict = verdict_of(node, now=EXPIRY - left)
+    assert verdict.state == HEALTHY, verdict.reason()
+    assert status(verdict, "license") == ("ok", "licensed")
+    assert verdict.check("license").details["gpus"] == {"00000000:00:02.0": reason}
+
+
+def test_a_lease_about_to_lapse_warns(node):
+    verdict = verdict_of(node, now=EXPIRY - timedelta(hours=3))
     assert verdict.state == DEGRADED and verdict.ready
-    assert status(verdict, "license") == ("warn", "licence expires in 4.7 days")
+    assert status(verdict, "license") == (
+        "warn", "licence lease ends in 3.0 h, under the 4.0 h minimum: renewals are not landing")
+    assert status(verdict_of(node, now=EXPIRY - timedelta(hours=3),
+                             license_min_remaining=3600.0), "license")[0] == "ok"
 
 
-def test_licence_expiry_passed_warns(node):
-    reason = status(verdict_of(node, now=datetime(2026, 8, 1, tzinfo=UTC)), "license")
-    assert reason == ("warn", "licence expiry 2026-07-07T16:01:44+00:00 has passed")
+def test_an_expired_lease_fails(node):
+    verdict = verdict_of(node, now=datetime(2026, 7, 8, 16, 1, 44, tzinfo=UTC))
+    assert verdict.state == UNHEALTHY and not verdict.ready
+    assert status(verdict, "license") == (
+        "fail", "licence lease expired at 2026-07-07T16:01:44+00:00 (24.0 h ago)")
+
+
+def test_a_lease_that_does_not_advance_warns_in_the_watch_loop(node):
+    root, host = node
+    clock = FakeClock.at(EXPIRY - timedelta(hours=20))
+    watch = health(root, host, clock=clock)  # one Health: its lease memory spans the cycles
+    assert status(watch.check_once(), "license")[0] == "ok"
+    clock.advance(8 * 3600)  # 12 h left: a renewal was due, the expiry is where it was
+    assert status(watch.check_once(), "license")[0] == "ok"
+    clock.advance(3 * 3600)  # 9 h left, 11 h without a renewal: more than half the lease
+    verdict = watch.check_once()
+    assert verdict.state == DEGRADED
+    assert status(verdict, "license") == (
+        "warn", "licence lease not renewed: expiry 2026-07-07T16:01:44+00:00 unchanged for "
+                "11.0 h, 9.0 h left")
+    host.xml = host.xml.replace("2026-7-7 16:1:44", "2026-7-8 14:0:0")  # renewed at last
+    renewed = watch.check_once().check("license")
+    assert (renewed.status, renewed.details["gpus"]) == (
+        "ok", {"00000000:00:02.0": "licensed, lease ends in 31.0 h"})
+
+
+def test_a_one_shot_check_has_no_lease_memory(node):
+    root, host = node
+    clock = FakeClock.at(EXPIRY - timedelta(hours=9))
+    assert status(health(root, host, clock=clock).check_once(), "license")[0] == "ok"
 
 
 @pytest.mark.parametrize("name", ["licensed-permanent.xml", "licensed-expiry-na.xml"])

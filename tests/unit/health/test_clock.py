@@ -42,7 +42,8 @@ def test_the_watch_app_reads_only_its_own_clock(tmp_path):
 
     assert verdict.checked_at == started
     assert verdict.duration == 3.0  # two nvidia-smi calls, nothing else
-    assert verdict.check("license").reason == "licence expires in 1.7 days"
+    assert verdict.check("license").details["gpus"] == {
+        "00000000:00:02.0": "licensed, lease ends in 40.0 h"}  # judged at the app's clock
     assert json.loads(vfile.read_text())["written_at"] == clock.time()
     clock.advance(7.0)
     status = json.loads(call(app, "/status")[2])

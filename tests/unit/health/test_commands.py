@@ -135,7 +135,8 @@ def test_listen_setting(tmp_path, env, value):
     ({"listen": "host:99999"}, "GRID_AGENT_LISTEN"),
     ({"mig_policy": "ignore"}, "GRID_AGENT_MIG_POLICY"),
     ({"check_timeout": "0"}, "GRID_AGENT_CHECK_TIMEOUT"),
-    ({"license_warn_days": "-1"}, "GRID_AGENT_LICENSE_WARN_DAYS"),
+    ({"license_min_remaining": "60"}, "GRID_AGENT_LICENSE_MIN_REMAINING"),
+    ({"license_min_remaining": "1e9"}, "GRID_AGENT_LICENSE_MIN_REMAINING"),
 ])
 def test_bad_health_settings_name_the_variable(tmp_path, env, message):
     with pytest.raises(ConfigError, match=message):
@@ -144,6 +145,6 @@ def test_bad_health_settings_name_the_variable(tmp_path, env, message):
 
 def test_health_defaults(tmp_path):
     s = build_settings({}, {})
-    assert (s.expected_profile, s.mig_policy, s.license_warn_days, s.check_timeout,
-            s.self_heal) == ("", "warn", 7.0, 45.0, True)
+    assert (s.expected_profile, s.mig_policy, s.license_min_remaining, s.check_timeout,
+            s.self_heal) == ("", "warn", 14400.0, 45.0, True)
     assert str(s.verdict_file) == "/run/grid-agent-pod/verdict.json"
