@@ -141,10 +141,13 @@ def test_metrics_registry_is_private(app):
 
 def raw_request(port, data):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-        conn.sendall(data)
         chunks = []
-        while chunk := conn.recv(65536):
-            chunks.append(chunk)
+        try:
+            conn.sendall(data)
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass  # the server closed with our excess bytes unread: a refusal too
     return b"".join(chunks).decode(errors="replace")
 
 
@@ -152,17 +155,18 @@ def test_real_server_on_port_0(app):
     app.cache.put(verdict(OK))
     server = HealthServer(app, "127.0.0.1", 0).start()
     try:
-        assert server.httpd.server_address[0] == "127.0.0.1" and server.port > 0
+        assert server.host == "127.0.0.1" and server.port > 0
         url = f"http://127.0.0.1:{server.port}"
         with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
             assert (resp.status, resp.read()) == (200, b"healthy\n")
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
             assert "grid_agent_driver_ready" in families(resp.read().decode())
         huge = b"GET /readyz HTTP/1.1\r\n" + b"X-Pad: " + b"a" * MAX_HEADER_BYTES + b"\r\n\r\n"
-        assert raw_request(server.port, huge).startswith("HTTP/1.0 431")
+        refused = raw_request(server.port, huge)
+        assert refused == "" or " 431 " in refused.splitlines()[0]
         post = b"POST /readyz HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello"
         assert " 405 " in raw_request(server.port, post).splitlines()[0]
-        # Silent clients hold a pool thread until the request timeout, never the others.
+        # Silent clients cost a socket, never a thread (tests/host/test_probe_starvation.py).
         silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
         with urllib.request.urlopen(f"{url}/livez", timeout=5) as resp:
             assert resp.status == 200
