@@ -63,6 +63,20 @@ def machine_kernel_releases() -> list[str]:
                                         for x in re.split(r"(\d+)", r)])
 
 
+def default_kernel_release() -> str | None:
+    """The node's `uname -r`: the newest generic `-amd64` flavour (others are second kernels)."""
+    releases = machine_kernel_releases()
+    generic = [r for r in releases if re.fullmatch(r"\d+\.\d+\.\d+-\d+-amd64", r)]
+    return (generic or releases or [None])[-1]
+
+
+def second_kernel_release(running: str) -> str | None:
+    """Another release with real Debian headers here (Debian's cloud flavour of the same
+    ABI: `apt-get install linux-headers-cloud-amd64`), for kernel-update scenarios."""
+    others = [r for r in machine_kernel_releases() if r != running]
+    return others[-1] if others else None
+
+
 class SimNodeError(RuntimeError):
     """The simulated node could not be started or driven."""
 
@@ -72,12 +86,11 @@ class SimNode:
 
     def __init__(self, kernel_release: str | None = None, scenarios: Iterable[str] = (),
                  stage_dir: Path | None = None, die_with_parent: bool = True) -> None:
-        releases = machine_kernel_releases()
         if kernel_release is None:
-            if not releases:
+            kernel_release = default_kernel_release()
+            if kernel_release is None:
                 raise SimNodeError("no /usr/src/linux-headers-*-amd64 here: apt install "
                                    "linux-headers-amd64")
-            kernel_release = releases[-1]
         self.kernel_release = kernel_release
         self._initial = tuple(scenarios)
         self._stage_dir = stage_dir
@@ -223,9 +236,21 @@ class SimNode:
         text = self.path(SCENARIO_FILE).read_text()
         return tuple(line.strip() for line in text.splitlines() if line.strip())
 
-    def reboot(self, autoload: bool = True) -> None:
-        """Simulated reboot: /run and module state emptied, the disk kept."""
-        self.exec([f"{SIM_LIB}/simctl", "reboot", "--autoload" if autoload else "--no-autoload"])
+    def reboot(self, autoload: bool = True, kernel_release: str | None = None) -> None:
+        """Simulated reboot: /run and module state emptied, the disk kept; `kernel_release`
+        boots into another installed kernel (see install_kernel)."""
+        argv = [f"{SIM_LIB}/simctl", "reboot", "--autoload" if autoload else "--no-autoload"]
+        if kernel_release is not None:
+            argv.append(f"--kernel={kernel_release}")
+        self.exec(argv)
+        if kernel_release is not None:
+            self.kernel_release = kernel_release
+
+    def install_kernel(self, release: str, *, headers: bool = True) -> None:
+        """A kernel update: /boot/vmlinuz-<release>, its module tree, its headers (unless
+        not `headers`), and Ubuntu's /run/reboot-required{,.pkgs}."""
+        argv = [f"{SIM_LIB}/simctl", "install-kernel", release]
+        self.exec(argv if headers else [*argv, "--no-headers"])
 
     def mountinfo(self) -> str:
         """The host's mount table, as its own PID 1 sees it."""

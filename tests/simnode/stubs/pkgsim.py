@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import subprocess
 import sys
 import time
@@ -31,7 +32,9 @@ LOCK_HOLD_MAX = 20.0
 
 
 def header_dirs(release: str) -> list[str]:
-    flavour = release.rsplit("-", 1)[0]
+    # Debian: linux-headers-6.1.0-57-cloud-amd64 shares linux-headers-6.1.0-57-common.
+    abi = re.match(r"\d+\.\d+\.\d+-\d+", release)
+    flavour = abi.group(0) if abi else release.rsplit("-", 1)[0]
     return [f"linux-headers-{release}", f"linux-headers-{flavour}-common"]
 
 
