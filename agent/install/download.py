@@ -6,6 +6,8 @@ import contextlib
 import email.utils
 import hashlib
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,12 +46,19 @@ class DownloadOptions:
     progress_every: float = 5.0
     max_redirects: int = 5
     max_resumes: int = 100
+    deadline: float = 3600.0  # seconds for the whole download, retries and waits included
+    min_rate: int = 4096  # bytes/s each attempt must average per window; 0: no rule
+    rate_window: float = 30.0  # seconds over which min_rate is judged
+    max_bytes: int = 4096 << 20  # cap when the size is unknown (no pin size, no length)
 
 
 def download_options(settings: Settings) -> DownloadOptions:
     return DownloadOptions(connect_timeout=settings.download_connect_timeout,
                            read_timeout=settings.download_read_timeout,
-                           attempts=settings.download_attempts)
+                           attempts=settings.download_attempts,
+                           deadline=settings.download_deadline,
+                           min_rate=settings.download_min_rate,
+                           max_bytes=settings.download_max_mb << 20)
 
 
 class TransientError(DownloadError):
@@ -58,6 +67,51 @@ class TransientError(DownloadError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TooSlow(TransientError):
+    """An attempt below the minimum rate: it costs an attempt (no free resume)."""
+
+
+class _Budget:
+    """The whole download's deadline, and each connection's progress windows."""
+
+    def __init__(self, opts: DownloadOptions, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.opts, self.clock = opts, clock
+        self.ends = clock() + opts.deadline
+
+    def left(self) -> float:
+        return self.ends - self.clock()
+
+    def check_deadline(self, url: str) -> None:
+        if self.left() <= 0:
+            raise DownloadError(
+                f"download from {url} passed its {self.opts.deadline:g} s deadline",
+                remedy="check the mirror's speed, or raise GRID_AGENT_DOWNLOAD_DEADLINE")
+
+    def read_timeout(self) -> float:
+        return max(0.001, min(self.opts.read_timeout, self.left()))
+
+
+class _Window:
+    """Bytes seen since the window began; too few at its end is a TooSlow."""
+
+    def __init__(self, budget: _Budget) -> None:
+        self.budget = budget
+        self.begun, self.bytes = budget.clock(), 0
+
+    def add(self, count: int) -> None:
+        opts = self.budget.opts
+        self.bytes += count
+        now = self.budget.clock()
+        span = now - self.begun
+        if opts.min_rate <= 0 or span < opts.rate_window:
+            return
+        if self.bytes < opts.min_rate * span:
+            raise TooSlow(f"{self.bytes} bytes in {span:.0f} s, below the minimum of "
+                          f"{opts.min_rate} bytes/s (GRID_AGENT_DOWNLOAD_MIN_RATE)")
+        self.begun, self.bytes = now, 0
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -139,7 +193,11 @@ class _Part:
                                 f"{self.expected_size}")
         self.total = total
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes, max_bytes: int) -> None:
+        if self.total is None and self.done + len(chunk) > max_bytes:
+            raise DownloadError(f"the download passed {max_bytes >> 20} MiB with no size "
+                                "announced or pinned; cut",
+                                remedy="check the URL, or raise GRID_AGENT_DOWNLOAD_MAX_MB")
         self.handle.write(chunk)
         self.hasher.update(chunk)
         self.done += len(chunk)
@@ -173,13 +231,15 @@ def _classify(resp: requests.Response, url: str) -> None:
 
 
 def _get(session: requests.Session, release: Release, headers: dict[str, str],
-         opts: DownloadOptions) -> requests.Response:
+         opts: DownloadOptions, budget: _Budget) -> requests.Response:
     """GET following redirects by hand, so a hop to plain HTTP is refused before it is made."""
     url = release.url
     for hop in range(opts.max_redirects + 1):
         _check_target(url, allow_http=release.allow_http and hop == 0, redirect=hop > 0)
+        budget.check_deadline(release.shown_url)
         resp = session.get(url, headers=headers, stream=True, allow_redirects=False,
-                           timeout=(opts.connect_timeout, opts.read_timeout))
+                           timeout=(min(opts.connect_timeout, budget.read_timeout()),
+                                    budget.read_timeout()))
         if resp.status_code in _REDIRECTS and "Location" in resp.headers:
             resp.close()
             url = urljoin(url, resp.headers["Location"])
@@ -222,32 +282,39 @@ def _position(resp: requests.Response, part: _Part) -> None:
     part.set_total(_length(resp))
 
 
-def _stream(resp: requests.Response, part: _Part, opts: DownloadOptions, meter: Meter) -> None:
+def _stream(resp: requests.Response, part: _Part, opts: DownloadOptions, meter: Meter,
+            budget: _Budget, url: str) -> None:
     """Body bytes straight off the socket into the file and the hash.
 
     read1, not iter_content: iter_content fills whole chunks and loses the partial one
     when the connection drops, so a resume would refetch up to a chunk per drop.
+    The deadline is checked after every read; a read waits at most the read timeout the
+    request started with (never longer than what was left of the deadline then).
     """
     raw = resp.raw
+    window = _Window(budget)
     while chunk := raw.read1(opts.chunk_size, decode_content=False):
-        part.write(chunk)
+        part.write(chunk, opts.max_bytes)
         meter.update(part.done, part.total, len(chunk))
+        budget.check_deadline(url)
+        window.add(len(chunk))
 
 
 def _one_request(session: requests.Session, release: Release, part: _Part,
-                 opts: DownloadOptions, meter: Meter) -> None:
+                 opts: DownloadOptions, meter: Meter, budget: _Budget) -> None:
     headers = {"Range": f"bytes={part.done}-"} if part.done else {}
     try:
-        with _get(session, release, headers, opts) as resp:
+        with _get(session, release, headers, opts, budget) as resp:
             _position(resp, part)
             if part.total is not None:
                 cache.check_space(part.path.parent, part.total - part.done)
-            _stream(resp, part, opts, meter)
+            _stream(resp, part, opts, meter, budget, release.shown_url)
     except requests.exceptions.SSLError as exc:
         raise DownloadError(f"TLS failure talking to {release.shown_url}: "
                             f"{redact_text(str(exc), release.url)}") from None
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
             urllib3.exceptions.HTTPError) as exc:
+        budget.check_deadline(release.shown_url)  # a read cut at the deadline is past it
         raise TransientError(f"connection to {release.shown_url} failed: "
                              f"{redact_text(str(exc), release.url)}") from None
     except requests.exceptions.RequestException as exc:  # bad URL, undecodable body, ...
@@ -258,15 +325,16 @@ def _one_request(session: requests.Session, release: Release, part: _Part,
 
 
 def _attempt(session: requests.Session, release: Release, part: _Part,
-             opts: DownloadOptions, meter: Meter) -> None:
-    """One attempt: resumes at once while each connection moves bytes; a stall is a failure."""
+             opts: DownloadOptions, meter: Meter, budget: _Budget) -> None:
+    """One attempt: resumes at once while each connection moves bytes; a stall or a drip
+    below the minimum rate is a failed attempt."""
     for resumes in range(opts.max_resumes + 1):
         before = part.done
         try:
-            _one_request(session, release, part, opts, meter)
+            _one_request(session, release, part, opts, meter, budget)
             return
         except TransientError as exc:
-            if part.done <= before or resumes == opts.max_resumes:
+            if isinstance(exc, TooSlow) or part.done <= before or resumes == opts.max_resumes:
                 raise
             log.info("download_resuming", at=part.done, total=part.total, error=str(exc))
 
@@ -289,9 +357,12 @@ def _transfer(session: requests.Session, release: Release, root: HostRoot,
     try:
         with handle:
             part = _Part(handle, path, release.size)
+            budget = _Budget(opts)
+            # No backoff sleep may cross the deadline: past it, the next attempt refuses.
+            stop = tenacity.stop_after_attempt(opts.attempts) | tenacity.stop_before_delay(
+                opts.deadline)
             try:
-                retrying.copy(stop=tenacity.stop_after_attempt(opts.attempts))(
-                    _attempt, session, release, part, opts, meter)
+                retrying.copy(stop=stop)(_attempt, session, release, part, opts, meter, budget)
             except TransientError as exc:
                 raise DownloadError(f"gave up after {opts.attempts} attempt(s) without "
                                     f"progress: {exc}",

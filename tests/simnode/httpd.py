@@ -3,7 +3,7 @@
 Each path serves bytes; `plan(path, *replies)` queues one-shot behaviours that the next
 requests for that path consume in order (drop after N bytes, a status with Retry-After,
 a stall, a slow drip, a redirect); standing flags (`ignore_range`, `corrupt`,
-`no_length`) apply to every request. The server counts requests and body bytes sent.
+`no_length`, `endless`) apply to every request. The server counts requests and body bytes sent.
 Also a pytest plugin (fixtures `http_server`, `https_server`) and a CLI for benchmarks.
 """
 
@@ -70,6 +70,7 @@ class Served:
     ignore_range: bool = False
     corrupt: bool = False  # one byte in the middle flipped on the wire
     no_length: bool = False  # no Content-Length: the body ends when the connection closes
+    endless: bool = False  # no Content-Length and the data repeated until the client leaves
     plan: deque[Reply] = field(default_factory=deque)
 
 
@@ -140,12 +141,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "none" if served.ignore_range else "bytes")
         if partial:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
-        if served.no_length:
+        if served.no_length or served.endless:
             self.close_connection = True
         else:
             self.send_header("Content-Length", str(end - start))
         self.end_headers()
-        if body:
+        if body and served.endless:
+            self._endless(served)
+        elif body:
             self._send(served, start, end, reply)
 
     def _send(self, served: Served, start: int, end: int, reply: Reply | None) -> None:
@@ -172,6 +175,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.stopping.wait(reply.seconds)
         if pos < end or served.no_length:
             self._cut()
+
+    def _endless(self, served: Served) -> None:
+        while not self.server.stopping.is_set():
+            try:
+                self.connection.sendall(served.data)
+            except OSError:
+                break
+            self.server.add_sent(len(served.data))
+        self._cut()
 
     def _cut(self) -> None:
         # An orderly FIN: what was sent is delivered, then the body ends short.

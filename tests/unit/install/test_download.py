@@ -320,3 +320,62 @@ def test_a_huge_retry_after_is_capped(http_server, fetch, slept):
     release = served(http_server, Reply.status(429, retry_after="86400"))
     fetch(release)
     assert slept == [300.0]
+
+
+# -- bounds (issue 12 item 7): deadline, minimum progress, size cap when unknown --------
+
+
+def test_a_slow_drip_is_retried_then_exit_5(http_server, fetch, root):
+    # 64 bytes every 50 ms is about 1.3 KB/s: below 100 KB/s over each 0.3 s window.
+    release = served(http_server, *[Reply.drip(64, 0.05)] * 3)
+    began = time.monotonic()
+    with pytest.raises(DownloadError, match=r"gave up after 3 attempt.*minimum of 100000") as err:
+        fetch(release, attempts=3, min_rate=100_000, rate_window=0.3)
+    assert err.value.exit_code == 5
+    assert time.monotonic() - began < 10
+    assert http_server.count(PATH) == 3  # a slow attempt is not a free resume
+    assert cache_files(root) == []
+
+
+def test_a_drip_that_is_fast_enough_completes(http_server, fetch):
+    release = served(http_server, Reply.drip(256 << 10, 0.01))
+    assert fetch(release, min_rate=100_000, rate_window=0.2).read_bytes() == PAYLOAD
+
+
+def test_the_overall_deadline_ends_a_download_that_keeps_moving(http_server, fetch, root):
+    release = served(http_server, Reply.drip(1, 0.02))  # moves, but would take days
+    began = time.monotonic()
+    with pytest.raises(DownloadError, match="passed its 1 s deadline") as err:
+        fetch(release, min_rate=0, deadline=1.0)
+    assert err.value.exit_code == 5
+    assert 1.0 <= time.monotonic() - began < 5
+    assert cache_files(root) == []
+
+
+def test_the_deadline_bounds_the_read_timeout_of_a_silent_server(http_server, fetch):
+    release = served(http_server, Reply.stall(30))
+    began = time.monotonic()
+    with pytest.raises(DownloadError, match="deadline"):
+        fetch(release, deadline=1.0, read_timeout=20.0)
+    assert time.monotonic() - began < 5
+
+
+def test_an_endless_body_of_unknown_size_is_cut_at_the_cap(http_server, fetch, root):
+    http_server.add(PATH, PAYLOAD[: 64 << 10], endless=True)
+    release = Release("580.105.08-grid-azure", http_server.url(PATH), SHA, None,
+                      "proprietary", allow_http=True)
+    with pytest.raises(DownloadError, match="passed 2 MiB with no size") as err:
+        fetch(release, max_bytes=2 << 20)
+    assert err.value.exit_code == 5
+    assert http_server.count(PATH) == 1
+    assert cache_files(root) == []
+
+
+def test_settings_carry_the_bounds():
+    from agent.install.download import download_options
+    from agent.settings import build_settings
+
+    opts = download_options(build_settings({}, {
+        "GRID_AGENT_DOWNLOAD_DEADLINE": "600", "GRID_AGENT_DOWNLOAD_MIN_RATE": "1024",
+        "GRID_AGENT_DOWNLOAD_MAX_MB": "512"}))
+    assert (opts.deadline, opts.min_rate, opts.max_bytes) == (600.0, 1024, 512 << 20)
