@@ -46,9 +46,11 @@ rm -f usr/bin/systemctl; ln -s /usr/local/lib/grid-sim/stub usr/bin/systemctl
 
 mount -t tmpfs -o mode=1777 tmpfs tmp
 mount -t tmpfs -o mode=0755 tmpfs run
-mount -t tmpfs -o mode=0755 tmpfs dev
-mknod -m 666 dev/null c 1 3; mknod -m 666 dev/zero c 1 5; mknod -m 666 dev/full c 1 7
-mknod -m 666 dev/random c 1 8; mknod -m 666 dev/urandom c 1 9; mknod -m 666 dev/tty c 5 0
+# nodev: no device file made in the node (the fakes' /dev/nvidia*, or the ones NVIDIA's
+# real libnvidia-ml creates by itself) can be opened to reach this machine's kernel. The
+# few devices a host needs are bind mounts of the machine's own.
+mount -t tmpfs -o mode=0755,nodev tmpfs dev
+for d in null zero full random urandom tty; do : > "dev/$d"; mount --bind "/dev/$d" "dev/$d"; done
 mkdir -p dev/shm dev/pts; ln -s /proc/self/fd dev/fd
 # The machine's sysfs read-only (PCI lives there); module state is a tmpfs the fakes own.
 mount --bind /sys sys

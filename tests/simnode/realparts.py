@@ -1,0 +1,74 @@
+"""NVIDIA's real parts from Debian's non-free archive, for the simulated node (issue 13, 9).
+
+Debian bookworm's `non-free` component carries NVIDIA's own `nvidia-smi` and
+`libnvidia-ml1` (535.261.03) and `nvidia-kernel-source` (the real kernel interface
+sources and conftest of that release). `scripts/setup` adds the component and downloads
+the packages with `apt-get download` (apt checks them against Debian's signed
+indexes) into DEBS; nothing of them is ever installed on this machine. They are
+unpacked with `dpkg-deb -x` into a cache and copied into a simulated host only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+DEBS = Path(os.environ.get("GRID_SIM_DEBS", "/var/cache/grid-sim/debs"))
+UNPACKED = DEBS / "unpacked"
+PACKAGES = ("nvidia-smi", "libnvidia-ml1", "nvidia-kernel-source")
+SMI = "usr/lib/nvidia/current/nvidia-smi"
+NVML = "usr/lib/x86_64-linux-gnu/nvidia/current"
+KERNEL_TARBALL = "usr/src/nvidia-kernel.tar.xz"
+# Where the node gets them: where a driver's nvidia-smi and libnvidia-ml.so.1 live.
+NODE_SMI = "/usr/bin/nvidia-smi"
+NODE_LIBDIR = "/usr/lib/x86_64-linux-gnu"
+# Without CAP_MKNOD, libnvidia-ml cannot create /dev/nvidiactl by itself, so a real
+# nvidia-smi sees no device file, exactly as on a node without the driver.
+NO_MKNOD = ("setpriv", "--bounding-set=-mknod", "--inh-caps=-mknod", "--")
+
+
+def deb(package: str) -> Path | None:
+    """The downloaded .deb of one of PACKAGES, or None (run scripts/setup)."""
+    found = sorted(DEBS.glob(f"{package}_*_amd64.deb"))
+    return found[-1] if found else None
+
+
+def missing() -> list[str]:
+    return [p for p in PACKAGES if deb(p) is None]
+
+
+def unpacked(package: str) -> Path:
+    """`dpkg-deb -x` of the package, once, into UNPACKED/<package>."""
+    path = deb(package)
+    if path is None:
+        raise FileNotFoundError(f"{package} not in {DEBS}: run scripts/setup")
+    dest = UNPACKED / path.stem
+    if not dest.is_dir():
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        subprocess.run(["dpkg-deb", "-x", str(path), str(tmp)], check=True)
+        tmp.rename(dest)
+    return dest
+
+
+def put_real_smi(node, *, with_nvml: bool = True) -> None:
+    """NVIDIA's real nvidia-smi (and libnvidia-ml.so.1) as the node's driver would place them."""
+    smi = node.path(NODE_SMI)
+    smi.parent.mkdir(parents=True, exist_ok=True)
+    if smi.is_symlink() or smi.exists():
+        smi.unlink()
+    shutil.copy2(unpacked("nvidia-smi") / SMI, smi)
+    if not with_nvml:
+        return
+    libdir = node.path(NODE_LIBDIR)
+    real = next(p for p in (unpacked("libnvidia-ml1") / NVML).glob("libnvidia-ml.so.*.*")
+                if not p.is_symlink())
+    lib = real.name
+    shutil.copy2(real, libdir / lib)
+    link = libdir / "libnvidia-ml.so.1"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(lib)
