@@ -24,6 +24,7 @@ from agent.settings import (
     build_settings,
     retired_in,
 )
+from agent.vgpu import HostVgpuFacts, host_vgpu_facts
 
 log = structlog.get_logger(__name__)
 
@@ -54,12 +55,13 @@ def cli(ctx: click.Context, **flags: object) -> None:
     ctx.obj = settings
 
 
-def _print_detection(found: Detection, as_json: bool) -> None:
+def _print_detection(found: Detection, host: HostVgpuFacts, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({
             "target_node": found.is_target_node,
             "targets": [d.as_dict() for d in found.targets],
             "nvidia": [d.as_dict() for d in found.nvidia],
+            **host.as_dict(),
         }, indent=2))
         return
     if not found.nvidia:
@@ -69,6 +71,8 @@ def _print_detection(found: Detection, as_json: bool) -> None:
         sub = dev.subsystem_id or "-"
         click.echo(f"{mark}  {dev.slot}  {dev.pci_id}  sub {sub}  class 0x{dev.pci_class:06x}"
                    f"  driver {dev.driver or '-'}")
+    if found.nvidia:
+        click.echo(host.line())
 
 
 @cli.command("detect")
@@ -76,11 +80,14 @@ def _print_detection(found: Detection, as_json: bool) -> None:
 @click.pass_obj
 def detect_cmd(settings: Settings, as_json: bool) -> None:
     """Find the target GPU functions on this node (exit 0 found, 3 not a target)."""
+    from agent.host.root import HostRoot
     from agent.host.udev import scan_pci
 
     found = detect(scan_pci(), settings.target_spec)
-    log.info("pci_detected", nvidia=len(found.nvidia), targets=[d.slot for d in found.targets])
-    _print_detection(found, as_json)
+    host = host_vgpu_facts(HostRoot(settings.host_root), settings.driver_version)
+    log.info("pci_detected", nvidia=len(found.nvidia), targets=[d.slot for d in found.targets],
+             host_vgpu=host.host.version if host.host else None)
+    _print_detection(found, host, as_json)
     if not found.is_target_node:
         wanted = ",".join(str(i) for i in settings.target_ids)
         raise NotATargetNode(

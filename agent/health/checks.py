@@ -13,6 +13,8 @@ from agent.driver.profile import parse_vgpu_type, profile_matches
 from agent.errors import last_lines
 from agent.health.observe import Observation
 from agent.health.verdict import FAIL, OK, SKIP, WARN, CheckResult
+from agent.vgpu import BEHIND, REFUSE, UNKNOWN, judge_guest
+from agent.vgpu import OK as VGPU_OK
 
 # The checks whose success means "the driver works" (what install's verify requires).
 DRIVER_CHECKS = ("driver_loaded", "nvidia_smi", "gpus")
@@ -204,6 +206,16 @@ def check_kernel(obs: Observation, cfg: HealthConfig) -> CheckResult:
     return _r("kernel", OK, f"kernel {release} is not a known-bad one", kernel_release=release)
 
 
+def check_host_branch(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    level, why = judge_guest(cfg.module_version, obs.host_vgpu)
+    if level == UNKNOWN:
+        return _r("host_branch", SKIP, f"{why}: {obs.host_vgpu_unknown}"
+                  if obs.host_vgpu_unknown else why)
+    details = obs.host_vgpu.as_dict() if obs.host_vgpu else {}
+    status = {VGPU_OK: OK, BEHIND: WARN, REFUSE: FAIL}[level]
+    return _r("host_branch", status, why, **details)
+
+
 def check_handoff(obs: Observation, cfg: HealthConfig) -> CheckResult:
     handoff = obs.handoff
     if handoff is None:
@@ -218,7 +230,7 @@ def check_handoff(obs: Observation, cfg: HealthConfig) -> CheckResult:
 CHECKS: tuple[Callable[[Observation, HealthConfig], CheckResult], ...] = (
     check_driver_loaded, check_module_type, check_nvidia_smi, check_gpus, check_virtualization,
     check_profile, check_license, check_mig, check_gridd, check_persistence, check_graphics,
-    check_kernel, check_handoff,
+    check_kernel, check_host_branch, check_handoff,
 )
 
 

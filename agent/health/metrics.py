@@ -55,6 +55,14 @@ def _fact_metrics(facts: dict[str, Any]) -> Iterator[Metric]:
                                "module_type": str(facts.get("module_type") or ""),
                                "cuda_version": str(facts.get("cuda_version") or "")})
     yield driver
+    host = InfoMetricFamily(f"{P}_vgpu_host", "the hypervisor's vGPU manager, from the vGPU's "
+                            "PCI config space (absent when unknown)")
+    if facts.get("host_vgpu"):
+        found = facts["host_vgpu"]
+        host.add_metric([], {"host_version": str(found.get("version") or ""),
+                             "host_branch": str(found.get("branch") or ""),
+                             "vgpu_release": str(found.get("vgpu_release") or "")})
+    yield host
     yield from _gpu_metrics(facts.get("gpus") or [])
     yield from _install_metrics(facts.get("install"))
 

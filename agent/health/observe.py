@@ -19,6 +19,7 @@ from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.host.systemd import unit_exists, unit_state
 from agent.pci import PciDevice, TargetSpec, detect
+from agent.vgpu import HostVgpu, read_host_vgpu
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +46,8 @@ class Observation:
     at: datetime  # when it was observed, on the app's clock (licence expiry is judged at it)
     kernel_release: str | None = None  # the host's /proc/sys/kernel/osrelease
     leases: Mapping[str, LeaseSeen] = field(default_factory=dict)  # the watch loop's memory
+    host_vgpu: HostVgpu | None = None  # the hypervisor's vGPU manager (PCI config space)
+    host_vgpu_unknown: str = ""  # why it is unknown (no capability, unreadable): a fact
 
 
 def first_present(root: HostRoot, paths: Sequence[str]) -> str | None:
@@ -59,6 +62,7 @@ def observe(root: HostRoot, runner: HostRunner, *, targets: tuple[str, ...],
             command_timeout: float, at: datetime) -> Observation:
     """Read the node; on a non-target node nothing is run (targets empty)."""
     applicable = bool(targets)
+    host_vgpu, host_why = read_host_vgpu(root) if applicable else (None, "")
     smi = run_smi(runner, timeout=command_timeout) if applicable else None
     gridd = unit_state(runner, "nvidia-gridd", timeout=command_timeout) if applicable else ""
     persist = (unit_state(runner, "nvidia-persistenced", timeout=command_timeout)
@@ -76,6 +80,8 @@ def observe(root: HostRoot, runner: HostRunner, *, targets: tuple[str, ...],
         glx_lib=first_present(root, GLX_LIBS),
         at=at,
         kernel_release=(root.read_text(KERNEL_RELEASE) or "").strip() or None,
+        host_vgpu=host_vgpu,
+        host_vgpu_unknown=host_why,
     )
 
 
@@ -98,6 +104,8 @@ def describe(obs: Observation) -> dict[str, Any]:
         "targets": list(obs.targets),
         "module_version": obs.module.version,
         "kernel_release": obs.kernel_release,
+        "host_vgpu": obs.host_vgpu.as_dict() if obs.host_vgpu else None,
+        "host_vgpu_unknown": obs.host_vgpu_unknown or None,
         "module_type": obs.module.module_type,
         "driver_version": report.driver_version if report else None,
         "cuda_version": report.cuda_version if report else None,

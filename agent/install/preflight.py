@@ -17,6 +17,7 @@ from agent.host.paths import CACHE_DIR, MODULES_DIR
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.settings import Settings
+from agent.vgpu import BEHIND, REFUSE, UNKNOWN, judge_guest, read_host_vgpu, remedy_for
 
 log = structlog.get_logger(__name__)
 
@@ -246,6 +247,24 @@ def warn_known_bad_kernel(kernel_release: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+def check_host_branch(root: HostRoot, guest_version: str) -> tuple[str, ...]:
+    """Refuse a pin the host's vGPU manager cannot run; warn one branch behind; unknown is a
+    logged fact (no vGPU capability, e.g. pass-through, or an unprivileged read)."""
+    host, why = read_host_vgpu(root)
+    level, reason = judge_guest(guest_version, host)
+    if host is None or level == UNKNOWN:
+        log.info("host_vgpu_unknown", reason=reason, detail=why or None)
+        return ()
+    log.info("host_vgpu", version=host.version, branch=host.branch, slot=host.slot,
+             vgpu_release=host.vgpu_release, guest=guest_version, compatible=level)
+    if level == REFUSE:
+        raise PreflightError(f"{reason}: the vGPU would fail to load", remedy=remedy_for(host))
+    if level == BEHIND:
+        log.warning("guest_branch_behind_host", reason=reason, remedy=remedy_for(host))
+        return (f"{reason}; {remedy_for(host)}",)
+    return ()
+
+
 def run_preflight(settings: Settings, root: HostRoot, runner: HostRunner) -> Preflight:
     """Every check, cheapest first; the first failure raises PreflightError (exit 4)."""
     check_nsenter(runner)
@@ -253,8 +272,9 @@ def run_preflight(settings: Settings, root: HostRoot, runner: HostRunner) -> Pre
     os_id, os_version = check_os(root, allow_unsupported=settings.allow_unsupported_os)
     secure_boot = check_secure_boot(root, runner)
     check_run_shared(root)
+    warnings = check_host_branch(root, settings.driver_version)
     kernel_release = host_kernel_release(runner)
-    warnings = warn_known_bad_kernel(kernel_release)
+    warnings += warn_known_bad_kernel(kernel_release)
     headers = check_headers(root, kernel_release)
     check_disks(root, settings.min_free_mb * MB)
     found = Preflight(kernel_release, os_id, os_version, secure_boot, headers, warnings)

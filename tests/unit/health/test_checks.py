@@ -8,6 +8,7 @@ import pytest
 from agent.health.checks import driver_healthy
 from agent.health.verdict import DEGRADED, HEALTHY, NOT_APPLICABLE, UNHEALTHY
 from tests.fakes.clock import FakeClock
+from tests.fakes.pci_config import config_space, host_record
 from tests.unit.driver.smifake import fixture
 from tests.unit.health.fakenode import (
     H100,
@@ -43,7 +44,8 @@ def test_healthy_node(node):
     assert {c.name: c.status for c in verdict.checks} == {
         "driver_loaded": "ok", "module_type": "ok", "nvidia_smi": "ok", "gpus": "ok",
         "virtualization": "ok", "profile": "ok", "license": "ok", "mig": "ok", "gridd": "ok",
-        "persistence": "ok", "graphics": "ok", "kernel": "skip", "handoff": "ok"}
+        "persistence": "ok", "graphics": "ok", "kernel": "skip", "host_branch": "skip",
+        "handoff": "ok"}
     assert driver_healthy(verdict.checks)
     assert verdict.facts["driver_version"] == "580.105.08"
     gpu = verdict.facts["gpus"][0]
@@ -321,3 +323,28 @@ def test_known_bad_kernel_warns(node, release, want):
     assert status(verdict, "kernel") == want
     assert verdict.facts["kernel_release"] == release
     assert verdict.ready
+
+
+def put_vgpu(root, config: bytes) -> None:
+    put(root, "/sys/bus/pci/devices/0000:00:02.0/vendor", "0x10de\n")
+    (root / "sys/bus/pci/devices/0000:00:02.0/config").write_bytes(config)
+
+
+def test_host_branch_from_config_space(node):
+    root, _ = node
+    verdict = verdict_of(node)
+    assert status(verdict, "host_branch")[0] == "skip"  # no sysfs config: unknown, a fact
+    assert verdict.facts["host_vgpu"] is None
+    assert verdict.facts["host_vgpu_unknown"].startswith("cannot list /sys/bus/pci/devices")
+    put_vgpu(root, config_space())  # host vGPU manager 595 (vGPU 20); the driver is 580
+    verdict = verdict_of(node)
+    assert status(verdict, "host_branch") == (
+        "warn", "guest driver 580.105.08 (vGPU 19), host vGPU manager 595.58.02 (vGPU 20): "
+                "one branch behind, supported until the host moves again")
+    assert verdict.facts["host_vgpu"] == {"version": "595.58.02", "branch": "R595",
+                                          "slot": "0000:00:02.0", "vgpu_release": 20}
+    assert verdict.ready
+    put_vgpu(root, config_space(records=host_record("580.105.06", "R580")))
+    assert status(verdict_of(node), "host_branch")[0] == "ok"
+    put_vgpu(root, config_space(records=host_record("610.10", "R610")))
+    assert status(verdict_of(node), "host_branch")[0] == "skip"

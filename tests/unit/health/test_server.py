@@ -12,6 +12,7 @@ from agent.health.monitor import VerdictCache
 from agent.health.server import MAX_HEADER_BYTES, HealthApp, HealthServer
 from agent.health.verdict import FAIL, OK, WARN, CheckResult, make_verdict
 from tests.fakes.clock import FakeClock
+from tests.fakes.pci_config import config_space
 from tests.unit.health.fakenode import FakeHost, health, healthy_node
 
 STALE = 100.0
@@ -175,3 +176,24 @@ def test_real_server_on_port_0(app):
     finally:
         server.close()
     assert not server.thread.is_alive()
+
+
+def test_the_hosts_vgpu_manager_is_a_metric(tmp_path, app):
+    healthy_node(tmp_path)
+    dev = tmp_path / "sys/bus/pci/devices/0000:00:02.0"
+    dev.mkdir(parents=True)
+    (dev / "vendor").write_text("0x10de\n")
+    (dev / "config").write_bytes(config_space())
+    app.cache.put(health(tmp_path, FakeHost(tmp_path)).check_once())
+    fams = families(call(app, "/metrics")[2])
+    assert sample(fams, "grid_agent_vgpu_host_info", host_version="595.58.02",
+                  host_branch="R595", vgpu_release="20") == 1.0
+    assert sample(fams, "grid_agent_check_status", check="host_branch", status="warn") == 1.0
+
+
+def test_no_vgpu_host_metric_when_unknown(tmp_path, app):
+    healthy_node(tmp_path)
+    app.cache.put(health(tmp_path, FakeHost(tmp_path)).check_once())
+    fams = families(call(app, "/metrics")[2])
+    with pytest.raises(KeyError):
+        sample(fams, "grid_agent_vgpu_host_info")

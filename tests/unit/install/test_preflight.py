@@ -5,6 +5,7 @@ from structlog.testing import capture_logs
 
 from agent.errors import PreflightError
 from agent.install import preflight as pf
+from tests.fakes.pci_config import config_space, host_record
 from tests.unit.install.fakehost import settings
 from tests.unit.install.hostfake import FakeRunner, Tree
 
@@ -235,3 +236,39 @@ def test_a_good_kernel_has_no_warning(host):
         found = pf.run_preflight(settings(), host.root, runner())
     assert found.warnings == ()
     assert "known_bad_kernel" not in [e["event"] for e in logs]
+
+
+def put_vgpu(host, config: bytes) -> None:
+    host.write("/sys/bus/pci/devices/0000:00:02.0/vendor", "0x10de\n")
+    host.root.path("/sys/bus/pci/devices/0000:00:02.0/config").write_bytes(config)
+
+
+def test_a_pin_one_branch_behind_the_host_warns(host):
+    put_vgpu(host, config_space())  # host vGPU manager 595.58.02 (vGPU 20); default pin is 580
+    with capture_logs() as logs:
+        found = pf.run_preflight(settings(), host.root, runner())
+    (warning,) = [e for e in logs if e["event"] == "guest_branch_behind_host"]
+    assert warning["log_level"] == "warning"
+    assert warning["remedy"] == "set GRID_AGENT_DRIVER_VERSION=595.58.03-grid-azure (vGPU 20, " \
+                                "the host's)"
+    assert found.warnings[0].startswith("guest driver 580.105.08-grid-azure (vGPU 19), host vGPU "
+                                        "manager 595.58.02 (vGPU 20): one branch behind")
+
+
+def test_a_pin_the_host_cannot_run_is_refused_with_the_remedy(host):
+    put_vgpu(host, config_space(records=host_record("580.105.06", "R580")))
+    with pytest.raises(PreflightError) as caught:
+        pf.run_preflight(settings(driver_version="595.58.03-grid-azure",
+                                  driver_sha256="ab" * 32), host.root, runner())
+    assert caught.value.exit_code == 4
+    assert "the guest is newer than the host, which cannot run it" in caught.value.line()
+    assert "GRID_AGENT_DRIVER_VERSION=580.105.08-grid-azure" in caught.value.line()
+
+
+def test_an_unknown_host_version_is_a_logged_fact(host):
+    put_vgpu(host, config_space(vgpu=False))  # pass-through: no vGPU capability
+    with capture_logs() as logs:
+        found = pf.run_preflight(settings(), host.root, runner())
+    (fact,) = [e for e in logs if e["event"] == "host_vgpu_unknown"]
+    assert fact["log_level"] == "info" and "no vGPU capability" in fact["detail"]
+    assert found.warnings == ()
