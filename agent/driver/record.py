@@ -54,6 +54,23 @@ def read_record(root: HostRoot) -> InstallRecord | None:
         return None
 
 
+def read_prebuilds(root: HostRoot) -> dict[str, dict[str, Any]]:
+    """state.json's `prebuilds` map {kernel release: {"outcome": "built"|"failed", ...}}.
+
+    Only well-formed entries (a dict with a string outcome); {} when absent or unreadable.
+    """
+    text = root.read_text(RECORD_PATH)
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    found = data.get("prebuilds") if isinstance(data, dict) else None
+    if not isinstance(found, dict):
+        return {}
+    return {str(release): entry for release, entry in found.items()
+            if isinstance(entry, dict) and isinstance(entry.get("outcome"), str)}
+
+
 def write_record(root: HostRoot, record: InstallRecord) -> None:
     write_atomic(root.path(RECORD_PATH), record.to_json())
 

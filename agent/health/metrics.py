@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -65,6 +66,7 @@ def _fact_metrics(facts: dict[str, Any]) -> Iterator[Metric]:
     yield host
     yield from _gpu_metrics(facts.get("gpus") or [])
     yield from _install_metrics(facts.get("install"))
+    yield from _prebuild_metrics(facts.get("prebuilds") or {})
 
 
 def _gpu_metrics(gpus: list[dict[str, Any]]) -> Iterator[Metric]:
@@ -86,18 +88,42 @@ def _gpu_metrics(gpus: list[dict[str, Any]]) -> Iterator[Metric]:
     yield from (info, licensed, expiry)
 
 
+def _epoch(iso: object) -> float | None:
+    """An ISO 8601 time from state.json as epoch seconds (None when absent or not a time)."""
+    try:
+        when = datetime.fromisoformat(str(iso))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
 def _install_metrics(install: dict[str, Any] | None) -> Iterator[Metric]:
+    # No time in a label: a label value that changes on each install is a new series each
+    # time; the finish time is its own gauge.
     info = InfoMetricFamily(f"{P}_install", "the last install's outcome (state.json)")
     duration = _gauge("install_duration_seconds", "how long the last install took")
     code = _gauge("install_exit_code", "the last install's exit code")
+    finished = _gauge("install_finished_timestamp_seconds", "when the last install finished")
     if install:
         info.add_metric([], {"outcome": str(install.get("outcome") or ""),
                              "version": str(install.get("version") or ""),
-                             "module_type": str(install.get("module_type") or ""),
-                             "finished_at": str(install.get("finished_at") or "")})
+                             "module_type": str(install.get("module_type") or "")})
         duration.add_metric([], float(install.get("duration_seconds") or 0.0))
         code.add_metric([], float(install.get("exit_code") or 0))
-    yield from (info, duration, code)
+        when = _epoch(install.get("finished_at"))
+        if when is not None:
+            finished.add_metric([], when)
+    yield from (info, duration, code, finished)
+
+
+def _prebuild_metrics(prebuilds: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    """One series per kernel release prebuilt for (state.json `prebuilds`): 1 built, 0 failed."""
+    success = _gauge("prebuild_success", "1 when the driver was prebuilt for this kernel "
+                     "release, 0 when that prebuild failed", labels=["kernel_release"])
+    for release, entry in sorted(prebuilds.items()):
+        if entry.get("outcome") in ("built", "failed"):
+            success.add_metric([release], float(entry["outcome"] == "built"))
+    yield success
 
 
 class VerdictCollector:

@@ -12,7 +12,7 @@ import structlog
 from agent.driver.license import LeaseSeen, classify_license
 from agent.driver.nvsmi import GpuReport, SmiOutcome, run_smi
 from agent.driver.profile import parse_vgpu_type
-from agent.driver.record import InstallRecord, read_record
+from agent.driver.record import InstallRecord, read_prebuilds, read_record
 from agent.driver.state import ModuleState, read_module_state
 from agent.handoff import Handoff, inspect_handoff
 from agent.host.root import HostRoot
@@ -48,6 +48,7 @@ class Observation:
     leases: Mapping[str, LeaseSeen] = field(default_factory=dict)  # the watch loop's memory
     host_vgpu: HostVgpu | None = None  # the hypervisor's vGPU manager (PCI config space)
     host_vgpu_unknown: str = ""  # why it is unknown (no capability, unreadable): a fact
+    prebuilds: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # state.json prebuilds
 
 
 def first_present(root: HostRoot, paths: Sequence[str]) -> str | None:
@@ -82,6 +83,7 @@ def observe(root: HostRoot, runner: HostRunner, *, targets: tuple[str, ...],
         kernel_release=(root.read_text(KERNEL_RELEASE) or "").strip() or None,
         host_vgpu=host_vgpu,
         host_vgpu_unknown=host_why,
+        prebuilds=read_prebuilds(root),
     )
 
 
@@ -114,4 +116,7 @@ def describe(obs: Observation) -> dict[str, Any]:
             "version": rec.version, "outcome": rec.outcome, "exit_code": rec.exit_code,
             "duration_seconds": rec.duration_seconds, "finished_at": rec.finished_at,
             "module_type": rec.module_type},
+        "prebuilds": {release: {"outcome": entry["outcome"],
+                                "finished_at": entry.get("finished_at")}
+                      for release, entry in sorted(obs.prebuilds.items())},
     }
