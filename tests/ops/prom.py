@@ -120,8 +120,9 @@ def agent_metric_names(tmp: Path) -> set[str]:
     state = tmp / RECORD_PATH.lstrip("/")
     state.write_text(json.dumps({**json.loads(state.read_text()), "prebuilds": {
         "6.8.0-1019-azure": {"outcome": "built", "finished_at": "2026-06-01T10:00:00+00:00"}}}))
-    cache = VerdictCache()
-    cache.put(health(tmp, FakeHost(tmp)).check_once(), timed_out=False, healed="published")
+    h = health(tmp, FakeHost(tmp))
+    cache = VerdictCache(h.clock)
+    cache.put(h.check_once(), timed_out=False, healed="published")
     names = set()
     for family in make_registry(cache, stale_after=100.0).collect():
         names.add(family.name + {"counter": "_total", "info": "_info"}.get(family.type, ""))

@@ -13,8 +13,9 @@ from tests.unit.health.fakenode import FakeHost, health, healthy_node
 
 
 def scrape(tmp_path) -> dict:
-    cache = VerdictCache()
-    cache.put(health(tmp_path, FakeHost(tmp_path)).check_once())
+    h = health(tmp_path, FakeHost(tmp_path))
+    cache = VerdictCache(h.clock)
+    cache.put(h.check_once())
     text = render(make_registry(cache, stale_after=100.0)).decode()
     return {s.name: s for fam in text_string_to_metric_families(text)
             for s in fam.samples if s.name != "grid_agent_prebuild_success"} | {
