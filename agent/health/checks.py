@@ -23,7 +23,7 @@ DRIVER_CHECKS = ("driver_loaded", "nvidia_smi", "gpus")
 @dataclass(frozen=True)
 class HealthConfig:
     module_version: str  # e.g. 580.105.08 (catalog.module_version of the pinned release)
-    expected_profile: str = ""  # "" accepts any DC-* profile; else a name or a DC-x-yQ token
+    expected_profile: str = ""  # "" accepts any RTX Pro 6000 vGPU type; else the profile part
     mig_policy: str = "warn"  # warn | fail when MIG is not Enabled
     license_min_remaining: float = 4 * 3600.0  # seconds of lease left below which it is at risk
 
