@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.catalog import known_bad_kernel
 from agent.handoff import inspect_handoff
 from agent.host.paths import CACHE_DIR, GRIDD_CONF, RECORD
 from agent.host.root import HostRoot
@@ -14,6 +15,7 @@ from agent.install.kit import Kit
 from agent.install.pin import resolve_pin
 from agent.install.pipeline import Flow, gate
 from agent.settings import Settings
+from agent.vgpu import host_vgpu_facts
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,19 @@ def _download_item(flow: Flow) -> PlanItem:
                                       f"(sha256 {release.sha256 or 'unpinned'})")
 
 
+def _preflight_item(flow: Flow) -> PlanItem:
+    """The checks, and what the host's files already tell: its vGPU manager, its kernel."""
+    notes = ["check OS, Secure Boot, /run propagation, headers, disk"]
+    facts = host_vgpu_facts(flow.root, flow.pin.release.version)
+    if facts.host is None:
+        notes.append("host vGPU manager unknown")
+    else:
+        notes.append(f"host vGPU manager {facts.host.version}: pin {facts.level}")
+    notes += [f"kernel {flow.kernel_release} known bad ({bad.advice})"
+              for bad in known_bad_kernel(flow.kernel_release or "")]
+    return PlanItem("preflight", False, "; ".join(notes))
+
+
 def _full_items(flow: Flow) -> list[PlanItem]:
     root = flow.root
     flow.kernel_release = flow.kernel_release or flow.kit.kernel_release(flow.runner)
@@ -75,7 +90,7 @@ def _full_items(flow: Flow) -> list[PlanItem]:
     state = flow.kit.module_state(root)
     gridd = root.exists(GRIDD_CONF)
     return [
-        PlanItem("preflight", False, "check OS, Secure Boot, /run propagation, headers, disk"),
+        _preflight_item(flow),
         _download_item(flow),
         PlanItem("packages", not headers,
                  f"linux-headers-{flow.kernel_release} "

@@ -3,6 +3,7 @@ import pytest
 from agent.host.root import HostRoot
 from agent.install import pipeline
 from agent.install.plan import format_plan, make_plan
+from tests.fakes.pci_config import config_space
 from tests.unit.install.fakehost import H100, FakeNode, State, settings
 
 
@@ -50,3 +51,15 @@ def test_not_a_target(node):
     node.devices = [H100]
     items = plan(node)
     assert list(items) == ["gate"] and "nothing to do" in items["gate"].why
+
+
+def test_preflight_names_the_host_vgpu_manager_and_a_known_bad_kernel(node):
+    assert "host vGPU manager unknown" in plan(node)["preflight"].why
+    dev = node.root.path("/sys/bus/pci/devices/0000:00:02.0")
+    dev.mkdir(parents=True)
+    (dev / "vendor").write_text("0x10de\n")
+    (dev / "config").write_bytes(config_space())
+    node.kernel = "6.11.0-1018-azure"
+    why = plan(node)["preflight"].why
+    assert "host vGPU manager 595.58.02: pin behind" in why
+    assert "kernel 6.11.0-1018-azure known bad (downgrade the kernel to 6.8" in why
