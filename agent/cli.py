@@ -13,7 +13,13 @@ import structlog
 
 from agent import __version__
 from agent import log as agent_log
-from agent.errors import AgentError, NotATargetNode
+from agent.errors import (
+    AgentError,
+    DownloadError,
+    InstallError,
+    NotATargetNode,
+    UnhealthyError,
+)
 from agent.pci import Detection, detect
 from agent.redact import redact_text
 from agent.settings import (
@@ -24,6 +30,7 @@ from agent.settings import (
     build_settings,
     retired_in,
 )
+from agent.signals import terminate_on_signals
 from agent.vgpu import HostVgpuFacts, host_vgpu_facts
 
 log = structlog.get_logger(__name__)
@@ -196,9 +203,13 @@ def run_cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None
     """Run the CLI and map every outcome to an exit code (the one place that does)."""
     environ = os.environ if environ is None else environ
     agent_log.configure()
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="grid-agent",
-                      standalone_mode=False)
+        with terminate_on_signals():
+            try:
+                rv = cli.main(args=args, prog_name="grid-agent", standalone_mode=False)
+            except OSError as exc:  # a host file the step did not classify: not a bug
+                raise host_file_error(_command_of(args), exc) from exc
     except AgentError as exc:
         log.error("command_failed", error=exc.line(), exit_code=exc.exit_code,
                   kind=type(exc).__name__)
@@ -216,6 +227,28 @@ def run_cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None
         _write_termination(f"internal error (a bug): {exc!r}; see the pod log", environ)
         return 1
     return rv if isinstance(rv, int) else 0
+
+
+# The class (exit code) of a filesystem error no step classified, per command.
+_FILE_ERRORS: dict[str, type[AgentError]] = {
+    "install": InstallError, "run": InstallError, "uninstall": InstallError,
+    "fetch": DownloadError, "check": UnhealthyError, "probe": UnhealthyError,
+    "watch": UnhealthyError,
+}
+
+
+def _command_of(args: Sequence[str]) -> str:
+    return next((a for a in args if a in cli.commands), "")  # type: ignore[attr-defined]
+
+
+def host_file_error(command: str, exc: OSError) -> AgentError:
+    """An OSError as the command's own failure, naming the path (exit 1 is for bugs)."""
+    where = exc.filename if exc.filename is not None else "a host path"
+    what = exc.strerror or str(exc)
+    kind = _FILE_ERRORS.get(command, InstallError)
+    return kind(f"filesystem error at {where}: {what}",
+                remedy="fix or remove that path on the node (a file where a directory "
+                       "belongs, a full disk, permissions), then retry")
 
 
 def main() -> None:

@@ -57,8 +57,26 @@ class LockHeldError(AgentError):
     remedy = "another grid-agent holds the lock; wait for it or pass --wait-lock"
 
 
+class InstallerRunning(LockHeldError):
+    """An NVIDIA installer from an earlier run (or a person) is still running on the host."""
+
+    remedy = ("wait for it to finish, or stop it on the node (kill the PID named), "
+              "then retry")
+
+
 class UnhealthyError(AgentError):
     exit_code = 9
+
+
+class Terminated(AgentError):
+    """SIGTERM or SIGINT arrived: the run stopped where it was (exit 128 + the signal)."""
+
+    remedy = "the run was stopped; the next run starts over from what is on the host"
+
+    def __init__(self, signum: int, name: str) -> None:
+        super().__init__(f"stopped by {name}")
+        self.exit_code = 128 + signum
+        self.signum = signum
 
 
 class HostCommandError(AgentError):

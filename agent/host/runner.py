@@ -49,6 +49,7 @@ class HostRunner:
     timeout: float = 120.0
     env: Mapping[str, str] = field(default_factory=dict)
     nsenter: str = "nsenter"
+    stop_grace: float = 10.0  # SIGTERM to SIGKILL of a command stopped with the agent
     calls: int = 0  # how many host processes this runner started (benchmarks read it)
 
     def argv_for(self, argv: Sequence[str]) -> list[str]:
@@ -91,6 +92,11 @@ class HostRunner:
             raise HostCommandTimeout(
                 argv, None, out, err, reason=f"timed out after {limit:g}s"
             ) from None
+        except BaseException:
+            # The agent is stopping (Terminated, a bug): the command's whole process group
+            # goes with it, never left running on the host with the lock released.
+            stop_group(proc, self.stop_grace)
+            raise
         result = CommandResult(tuple(argv), proc.returncode, out, err, time.monotonic() - started)
         if check and not result.ok:
             raise HostCommandError(argv, result.returncode, out, err)
@@ -100,3 +106,34 @@ class HostRunner:
 def _kill_group(proc: subprocess.Popen[str]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_group(proc: subprocess.Popen[str], grace: float) -> None:
+    """SIGTERM the command's process group, wait up to `grace` for all of it, then SIGKILL.
+
+    The group, not the process: nsenter forks the command, the `.run` forks
+    nvidia-installer, which forks make and the compilers.
+    """
+    log.warning("host_command_stopping", argv=proc.args, pid=proc.pid, grace_seconds=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not _group_alive(proc.pid):
+            break
+        time.sleep(0.05)
+    else:
+        log.warning("host_command_killed", argv=proc.args, pid=proc.pid)
+    _kill_group(proc)
+    with contextlib.suppress(Exception):
+        proc.communicate(timeout=grace)

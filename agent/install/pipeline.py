@@ -12,8 +12,16 @@ from typing import Any
 import structlog
 
 from agent.driver.record import InstallRecord, read_record, write_record
-from agent.errors import AgentError, InstallError, VerifyError
+from agent.errors import (
+    AgentError,
+    DownloadError,
+    InstallError,
+    InstallerRunning,
+    PreflightError,
+    VerifyError,
+)
 from agent.host.paths import CACHE_DIR
+from agent.host.procs import running_installers
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.install import installer as inst
@@ -60,7 +68,10 @@ class Flow:
         self._tell("started", name, None)
         begun = time.monotonic()
         try:
-            changed = bool(action())
+            try:
+                changed = bool(action())
+            except OSError as err:  # a host path the step could not use: its own exit code
+                raise step_file_error(name, err) from err
         except AgentError as exc:
             log.error("step_failed", name=name, error=exc.line())
             self._tell("failed", name, None)
@@ -202,6 +213,21 @@ class Flow:
         return True
 
 
+# The error class (exit code) of each step, for failures the step did not classify itself.
+_STEP_ERRORS: dict[str, type[AgentError]] = {
+    "preflight": PreflightError, "download": DownloadError, "verify": VerifyError,
+}
+
+
+def step_file_error(step: str, err: OSError) -> AgentError:
+    """An OSError in a step as the step's failure, naming the path (exit 1 is for bugs)."""
+    where = err.filename if err.filename is not None else "a host path"
+    kind = _STEP_ERRORS.get(step, InstallError)
+    return kind(f"{step}: filesystem error at {where}: {err.strerror or err}",
+                remedy="fix or remove that path on the node (a file where a directory "
+                       "belongs, a full disk, permissions), then retry")
+
+
 def _requires_open(flow: Flow, exc: AgentError) -> bool:
     # The kernel's NVRM line is the one signal: the installer never refuses -M proprietary.
     return inst.kernel_says_requires_open(flow.kit.kernel_log(flow.runner))
@@ -297,12 +323,22 @@ def install(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, *,
     pin = resolve_pin(settings, kit)
     wait = settings.wait_lock
     with kit.lock(root, wait=wait, timeout=settings.install_timeout if wait else None):
+        _refuse_running_installer(root)
         flow = Flow(settings, root, runner, kit, pin, progress)
         try:
             return _converge(flow)
         except AgentError as exc:
             _record_failure(flow, exc)
             raise
+
+
+def _refuse_running_installer(root: HostRoot) -> None:
+    """An installer still running (an earlier agent's, a person's) must finish first."""
+    found = running_installers(root)
+    if found:
+        pid, cmdline = found[0]
+        raise InstallerRunning(f"an NVIDIA installer is still running on the host (pid {pid}: "
+                               f"{cmdline[:120]}); not starting another")
 
 
 def _record_failure(flow: Flow, exc: AgentError) -> None:

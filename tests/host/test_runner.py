@@ -1,12 +1,16 @@
 """HostRunner with real processes: directly, and through a real nsenter into our own namespaces."""
 
 import os
+import signal
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from agent.errors import HostCommandError, HostCommandTimeout
+from agent.errors import HostCommandError, HostCommandTimeout, Terminated
 from agent.host.runner import HostRunner
+from agent.signals import terminate_on_signals
 
 pytestmark = pytest.mark.host
 
@@ -66,3 +70,69 @@ def test_real_nsenter_into_our_own_namespaces():
     result = runner.run(["sh", "-c", "echo $$; uname -n"])
     pid, node = result.stdout.split()
     assert int(pid) > 0 and node == os.uname().nodename
+
+
+# -- SIGTERM/SIGINT while a host command runs (issue 12 item 5) --------------------------
+
+
+def _live_members(pgid):
+    """Processes of the group that are not zombies (a killed orphan waits for init)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found.append(stat.parent.name)
+    return found
+
+
+def _group_gone(pgid, within=2.0):
+    deadline = time.monotonic() + within
+    while _live_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _live_members(pgid)
+
+
+def _signal_self_soon(signum, delay=0.5):
+    timer = threading.Timer(delay, os.kill, (os.getpid(), signum))
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_commands_whole_process_group(tmp_path, signame):
+    pidfile = tmp_path / "pid"
+    runner = HostRunner(pid=None, stop_grace=5)
+    _signal_self_soon(getattr(signal, signame))
+    began = time.monotonic()
+    with pytest.raises(Terminated) as err, terminate_on_signals():
+        runner.run(["sh", "-c", f"echo $$ > {pidfile}; sleep 60 & sleep 60 & wait"],
+                   timeout=60)
+    assert err.value.exit_code == 128 + getattr(signal, signame)
+    assert time.monotonic() - began < 5
+    assert _group_gone(int(pidfile.read_text()))  # the shell and both sleeps
+
+
+def test_a_group_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
+    pidfile = tmp_path / "pid"
+    runner = HostRunner(pid=None, stop_grace=1.0)
+    _signal_self_soon(signal.SIGTERM, 0.3)
+    began = time.monotonic()
+    with pytest.raises(Terminated), terminate_on_signals():
+        runner.run(["sh", "-c", f"trap '' TERM; echo $$ > {pidfile}; sleep 60 & wait"],
+                   timeout=60)
+    assert 1.0 <= time.monotonic() - began < 5
+    assert _group_gone(int(pidfile.read_text()))
+
+
+def test_a_second_signal_during_the_cleanup_is_ignored(tmp_path):
+    runner = HostRunner(pid=None, stop_grace=1.5)
+    _signal_self_soon(signal.SIGTERM, 0.3)
+    _signal_self_soon(signal.SIGTERM, 0.8)  # lands while the runner waits out the grace
+    with pytest.raises(Terminated), terminate_on_signals():
+        runner.run(["sh", "-c", "trap '' TERM; sleep 60 & wait"], timeout=60)
+    # Handlers restored: the test process itself is not killed by what follows.
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(
+        signal.getsignal(signal.SIGTERM))

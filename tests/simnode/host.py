@@ -35,6 +35,7 @@ SCENARIOS = (
     "requires-open-loads", "recommend-unavailable",
     "nouveau-loaded", "headers-missing", "apt-offline", "dpkg-locked", "module-in-use",
     "smi-exit-14", "installer-error", "old-driver-loaded", "no-gridd-unit",
+    "installer-slow",
 )
 # Stubs that shadow the host's own tools (PATH puts /usr/local/sbin first).
 SBIN_STUBS = ("modprobe", "rmmod", "lsmod", "insmod", "dmesg",

@@ -83,3 +83,13 @@ def test_missing_host_root_exits_2_and_is_never_created(tmp_path):
     plain.write_text("")
     assert run_cli(["--no-nsenter", "--host-root", str(plain), "install"], env) == 2
     assert "is not a directory" in term.read_text()
+
+
+@pytest.mark.parametrize(("command", "code"), [("install", 6), ("fetch", 5), ("check", 9),
+                                               ("uninstall", 6), ("", 6)])
+def test_an_unclassified_filesystem_error_is_the_commands_failure_with_its_path(command, code):
+    from agent.cli import host_file_error
+
+    err = host_file_error(command, IsADirectoryError(21, "Is a directory", "/run/grid-agent/lock"))
+    assert err.exit_code == code
+    assert "filesystem error at /run/grid-agent/lock: Is a directory" in err.line()

@@ -1,0 +1,41 @@
+"""The host's installers found in its /proc (a tree on disk, as the host shows it)."""
+
+import pytest
+
+from agent.host.procs import is_installer, running_installers
+from agent.host.root import HostRoot
+
+
+def proc(root, pid, argv, state="S"):
+    d = root / "proc" / str(pid)
+    d.mkdir(parents=True)
+    (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    (d / "stat").write_text(f"{pid} (x y) {state} 1 {pid} {pid} 0 -1\n")
+
+
+@pytest.mark.parametrize(("argv", "found"), [
+    (["/tmp/makeself.X/nvidia-installer", "--silent"], True),
+    (["sh", "/var/cache/grid-agent/ab/NVIDIA-Linux-x86_64-580.105.08-grid-azure.run", "-s"],
+     True),
+    (["/bin/sh", "./NVIDIA-Linux-x86_64-595.58.03-grid-azure.run"], True),
+    (["sh", "/var/cache/grid-agent/.exec-1/mirror.run"], True),
+    (["/usr/bin/python3", "-m", "agent", "install"], False),
+    (["sh", "/home/u/other.run"], False),
+    (["bash", "-c", "echo nvidia-installer"], False),
+    ([], False),
+])
+def test_is_installer(argv, found):
+    assert is_installer(argv) is found
+
+
+def test_running_installers_skips_zombies_and_others(tmp_path):
+    proc(tmp_path, 40, ["nvidia-installer", "--silent"])
+    proc(tmp_path, 7, ["sh", "./NVIDIA-Linux-x86_64-580.105.08-grid-azure.run"])
+    proc(tmp_path, 9, ["nvidia-installer"], state="Z")
+    proc(tmp_path, 10, ["sleep", "60"])
+    (tmp_path / "proc" / "self").mkdir()
+    assert [pid for pid, _ in running_installers(HostRoot(tmp_path))] == [7, 40]
+
+
+def test_no_proc_means_none(tmp_path):
+    assert running_installers(HostRoot(tmp_path)) == []
