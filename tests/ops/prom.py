@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from prometheus_client import CollectorRegistry
 
 from agent.driver.record import RECORD_PATH
 from agent.health.metrics import make_registry
@@ -113,9 +114,9 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
-def agent_metric_names(tmp: Path) -> set[str]:
-    """Every sample name the agent's registry can export, from a real check cycle on the
-    health tests' fake node (with a prebuild recorded), in this process."""
+def agent_registry(tmp: Path) -> CollectorRegistry:
+    """The agent's registry after a real check cycle on the health tests' fake node, with a
+    prebuild recorded and a self-heal counted: every family has samples."""
     healthy_node(tmp)
     state = tmp / RECORD_PATH.lstrip("/")
     state.write_text(json.dumps({**json.loads(state.read_text()), "prebuilds": {
@@ -123,8 +124,13 @@ def agent_metric_names(tmp: Path) -> set[str]:
     h = health(tmp, FakeHost(tmp))
     cache = VerdictCache(h.clock)
     cache.put(h.check_once(), timed_out=False, healed="published")
+    return make_registry(cache, stale_after=100.0)
+
+
+def agent_metric_names(tmp: Path) -> set[str]:
+    """Every sample name the agent's registry exports, collected in this process."""
     names = set()
-    for family in make_registry(cache, stale_after=100.0).collect():
+    for family in agent_registry(tmp).collect():
         names.add(family.name + {"counter": "_total", "info": "_info"}.get(family.type, ""))
         names |= {s.name for s in family.samples}
     return names

@@ -18,6 +18,7 @@ from tests.ops.prom import (
     REPO,
     RULES,
     agent_metric_names,
+    agent_registry,
     alert_rules,
     metric_names,
     promtool,
@@ -120,3 +121,14 @@ def test_the_name_extraction_sees_what_an_expression_selects():
             'increase(b_seconds[1h] offset 5m) >= 3 * on (pod) group_left (node) max by (node) '
             '(c_info) or vector(0) unless time() - d')
     assert metric_names(expr) == {"a_total", "b_seconds", "c_info", "d"}
+
+
+def test_the_agents_metrics_follow_prometheus_naming(tmp_path):
+    """promtool's linter on every family the registry exports (units in names, `_total`
+    counters, `_info` at 1); the e2e test lints a real scrape of `watch` the same way."""
+    from agent.health.metrics import render
+
+    text = render(agent_registry(tmp_path)).decode()
+    assert "grid_agent_prebuild_success{" in text and "grid_agent_self_heal_total{" in text
+    proc = promtool("check", "metrics", stdin=text)
+    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
