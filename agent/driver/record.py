@@ -71,8 +71,26 @@ def read_prebuilds(root: HostRoot) -> dict[str, dict[str, Any]]:
             if isinstance(entry, dict) and isinstance(entry.get("outcome"), str)}
 
 
+# state.json sections other writers own (agent/driver/sections.py): a new record keeps them.
+OTHER_SECTIONS = ("prebuilds", "staged")
+
+
 def write_record(root: HostRoot, record: InstallRecord) -> None:
-    write_atomic(root.path(RECORD_PATH), record.to_json())
+    text = record.to_json()
+    kept = _other_sections(root)
+    if kept:
+        text = json.dumps({**json.loads(text), **kept}, indent=2, sort_keys=True) + "\n"
+    write_atomic(root.path(RECORD_PATH), text)
+
+
+def _other_sections(root: HostRoot) -> dict[str, Any]:
+    try:
+        data = json.loads(root.read_text(RECORD_PATH) or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {key: data[key] for key in OTHER_SECTIONS if key in data}
 
 
 def remove_record(root: HostRoot) -> bool:

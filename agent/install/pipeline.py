@@ -25,6 +25,7 @@ from agent.host.procs import running_installers
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.install import installer as inst
+from agent.install import prebuild
 from agent.install.kit import Kit
 from agent.install.pin import Pin, record_matches, resolve_pin
 from agent.pci import detect
@@ -101,7 +102,8 @@ class Flow:
         if state.module_type is not None and state.module_type != record.module_type:
             return f"loaded {state.module_type} modules, recorded {record.module_type}"
         self.kernel_release = self.kit.kernel_release(self.runner)
-        if record.kernel_release != self.kernel_release:
+        if record.kernel_release != self.kernel_release and not prebuild.built_for(
+                self.root, self.pin, self.kernel_release):
             return f"kernel is {self.kernel_release}, driver was built for {record.kernel_release}"
         self.module_type = record.module_type
         return None
@@ -167,7 +169,8 @@ class Flow:
         why = record_matches(record, self.pin)
         if why or record is None:
             return why
-        if record.kernel_release != self.kernel_release:
+        if record.kernel_release != self.kernel_release and not prebuild.built_for(
+                self.root, self.pin, self.kernel_release):
             return f"built for kernel {record.kernel_release}"
         modules = self.root.path(f"/lib/modules/{self.kernel_release}")
         if not any(modules.rglob("nvidia.ko*")):
@@ -300,6 +303,8 @@ def _converge(flow: Flow) -> Outcome:
     flow.step("publish", lambda: flow.kit.publish(flow.root, flow.runner))
     outcome = "fast_path" if flow.fast else "installed"
     flow.step("record", lambda: flow.record(outcome, 0))
+    # Kernels installed but not running get this pin's modules now (never fatal).
+    flow.step("prebuild", lambda: prebuild.after_install(flow))
     return Outcome(outcome, flow.verified)
 
 

@@ -97,8 +97,10 @@ def _descendants(pid: int) -> list[int]:
 
 
 def kill_at_step(host_args: list[str], env: dict[str, str], step: str, *,
-                 timeout: float = 300) -> AgentRun:
-    """SIGKILL the agent and every process it started the moment `step` starts.
+                 timeout: float = 300, event: str | None = None,
+                 after: float = 0.0) -> AgentRun:
+    """SIGKILL the agent and every process it started the moment `step` starts (or, with
+    `event`, when that log event comes after the step started, `after` seconds later).
 
     Killing the whole tree plays a container runtime killing the pod's cgroup.
     """
@@ -107,10 +109,16 @@ def kill_at_step(host_args: list[str], env: dict[str, str], step: str, *,
                             start_new_session=True)
     lines, deadline = [], time.monotonic() + timeout
     assert proc.stderr is not None
+    in_step = False
     for line in proc.stderr:
         lines.append(line)
-        event = parse_events(line)
-        if event and event[0].get("event") == "step_started" and event[0].get("name") == step:
+        parsed = parse_events(line)
+        if parsed and parsed[0].get("event") == "step_started":
+            in_step = parsed[0].get("name") == step
+        name = parsed[0].get("event") if parsed else None
+        hit = in_step and name == (event or "step_started")
+        if hit:
+            time.sleep(after)
             tree = [proc.pid, *_descendants(proc.pid)]
             for pid in tree:
                 with contextlib.suppress(ProcessLookupError):

@@ -21,7 +21,7 @@ BEFORE_VERIFIED = ["fast_path", "preflight", "download", "packages", "stale_unlo
                    "installer", "load", "persistence", "licensing", "verify", "publish"]
 
 
-@pytest.mark.parametrize("step", [*BEFORE_VERIFIED, "record"])
+@pytest.mark.parametrize("step", [*BEFORE_VERIFIED, "record", "prebuild"])
 def test_killed_at_step_start_then_rerun_converges(simnode, catalog, step):
     killed = kill_at_step(simnode.agent_args(), catalog, step)
     assert killed.returncode == -9, killed.stderr[-3000:]

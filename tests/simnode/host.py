@@ -251,7 +251,9 @@ class SimNode:
         """A kernel update: /boot/vmlinuz-<release>, its module tree, its headers (unless
         not `headers`), and Ubuntu's /run/reboot-required{,.pkgs}."""
         argv = [f"{SIM_LIB}/simctl", "install-kernel", release]
-        self.exec(argv if headers else [*argv, "--no-headers"])
+        done = self.exec(argv if headers else [*argv, "--no-headers"], check=False)
+        if done.returncode != 0:
+            raise SimNodeError(f"install-kernel {release} failed: {done.stderr.strip()}")
 
     def mountinfo(self) -> str:
         """The host's mount table, as its own PID 1 sees it."""

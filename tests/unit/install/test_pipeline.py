@@ -12,7 +12,8 @@ FULL = ["preflight", "ensure_installer", "ensure_build_deps", "remove_marker", "
         "ensure_persistenced",
         "ensure_gridd_conf", "ensure_gridd_running", "verify", "publish"]
 STEPS = ["fast_path", "preflight", "download", "packages", "stale_unload", "nouveau",
-         "installer", "load", "persistence", "licensing", "verify", "publish", "record"]
+         "installer", "load", "persistence", "licensing", "verify", "publish", "record",
+         "prebuild"]
 
 
 @pytest.fixture

@@ -1,0 +1,287 @@
+"""Build the pinned driver's kernel modules for kernels installed but not yet running.
+
+After an unattended kernel update the next boot would otherwise rebuild the driver
+(minutes without a GPU). nvidia-installer 580.105.08 supports this directly
+(option_table.h, install-from-cwd.c, kernel.c of NVIDIA/nvidia-installer):
+
+- `--kernel-modules-only` (`-K`; `--kernel-module-only` is its alias) installs only the
+  kernel modules and does not uninstall the existing driver; it needs an installed
+  driver of the same version, and refuses a file that is already part of this
+  installation ("already exists as part of this driver installation"), so a kernel
+  whose modules are on disk is never rebuilt (and a crashed attempt's files go first);
+- `--kernel-name=<release>` (`-k`) builds for that release and implies
+  `--no-precompiled-interface`; for a non-running kernel the installer skips its test
+  load, the "is an NVIDIA module loaded" and the X checks: the running driver is left
+  alone; source and install paths default to `/lib/modules/<release>/{build,kernel/
+  drivers/video}`, `--kernel-source-path` names the headers when `build` is missing;
+- `--no-kernel-module-source`: the sources are installed already (by the main install).
+
+The module type (`-M`) and `--no-drm` are the current install's. A DKMS-registered
+driver is built with `dkms install` instead (DKMS owns those modules). Results go to
+state.json `prebuilds` {release: {outcome: built|failed, finished_at, error, ...}};
+a failure is logged and recorded, never fatal.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.driver.record import InstallRecord, read_record
+from agent.driver.sections import read_section, write_section
+from agent.errors import AgentError, HostCommandError
+from agent.host.paths import MODULES_DIR
+from agent.host.root import HostRoot
+from agent.host.runner import HostRunner
+from agent.install import installer as inst
+from agent.install.kernels import PendingKernel, installed_kernels, pending_kernels
+from agent.install.kit import Kit
+from agent.install.pin import Pin, record_matches
+from agent.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SECTION = "prebuilds"
+# The modules the load step needs; all must be on disk with the pinned version.
+NEEDED = ("nvidia", "nvidia-uvm", "nvidia-modeset")
+NICE = "19"  # the build yields to everything else on the node
+RETRY_FAILED_SECONDS = 3600.0  # a failed prebuild (headers gone, build error) waits this long
+_VERSION = re.compile(rb"(?:^|\x00)version=([^\x00]+)")
+_CC_TEXT = re.compile(r'^CONFIG_CC_VERSION_TEXT="(\S+)', re.MULTILINE)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def prebuilds(root: HostRoot) -> dict[str, dict[str, Any]]:
+    found = read_section(root, SECTION)
+    return found if isinstance(found, dict) else {}
+
+
+def _ko_files(root: HostRoot, release: str) -> dict[str, Path]:
+    base = root.path(f"{MODULES_DIR}/{release}")
+    out: dict[str, Path] = {}
+    try:
+        for path in base.rglob("nvidia*.ko*"):
+            name = path.name.split(".ko")[0].replace("_", "-")
+            out.setdefault(name, path)
+    except OSError:
+        pass
+    return out
+
+
+def _ko_version(path: Path) -> str | None:
+    """The .modinfo `version=` of an uncompressed .ko; None when unreadable or compressed."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    found = _VERSION.search(data)
+    return found.group(1).decode(errors="replace") if found else None
+
+
+def modules_on_disk(root: HostRoot, release: str, module_version: str) -> bool:
+    """Every module the load step needs is under /lib/modules/<release>, this version."""
+    files = _ko_files(root, release)
+    for name in NEEDED:
+        path = files.get(name)
+        if path is None:
+            return False
+        version = _ko_version(path)
+        if version is not None and version != module_version:
+            return False
+    return True
+
+
+def built_for(root: HostRoot, pin: Pin, release: str) -> bool:
+    """The fast path's question after a reboot: were this pin's modules prebuilt here?"""
+    entry = prebuilds(root).get(release) or {}
+    return (entry.get("outcome") == "built" and entry.get("config_digest") == pin.digest
+            and modules_on_disk(root, release, pin.module_version))
+
+
+def kernel_compiler(root: HostRoot, release: str) -> str | None:
+    """The compiler the kernel was built with (its .config), when the host has it."""
+    config = root.read_text(f"{MODULES_DIR}/{release}/build/.config", "") or ""
+    match = _CC_TEXT.search(config)
+    if not match:
+        return None
+    name = match.group(1)
+    return name if root.which(name) is not None else None
+
+
+def source_path(root: HostRoot, release: str) -> str:
+    build = f"{MODULES_DIR}/{release}/build"
+    try:
+        if (root.resolve(build) / "Makefile").is_file():
+            return build
+    except OSError:
+        pass
+    return f"/usr/src/linux-headers-{release}"
+
+
+def prebuild_argv(run_path: str, module_type: str, release: str, source: str, *,
+                  compiler: str | None = None) -> list[str]:
+    """`nice sh <run> --silent --no-drm -M <type> --kernel-modules-only --kernel-name=...`."""
+    argv = ["nice", "-n", NICE]
+    if compiler:
+        argv = ["env", f"CC={compiler}", *argv]
+    return [*argv, "sh", run_path, "--silent", "--no-drm", "-M", module_type,
+            "--kernel-modules-only", f"--kernel-name={release}",
+            f"--kernel-source-path={source}", "--no-kernel-module-source",
+            f"--log-file-name={prebuild_log(release)}"]
+
+
+def prebuild_log(release: str) -> str:
+    return f"/var/log/nvidia-installer-{release}.log"
+
+
+def dkms_registered(root: HostRoot, module_version: str) -> bool:
+    return (root.which("dkms") is not None
+            and root.exists(f"/usr/src/nvidia-{module_version}/dkms.conf"))
+
+
+@dataclass
+class Prebuilder:
+    """Everything one prebuild needs; the runner runs on the host, niced."""
+
+    settings: Settings
+    root: HostRoot
+    runner: HostRunner
+    kit: Kit
+    pin: Pin
+    clock: Callable[[], float] = time.monotonic
+
+    def installed(self) -> InstallRecord | None:
+        """The record of a successful install of this pin (prebuilds need its module type)."""
+        record = read_record(self.root)
+        if record is None or record_matches(record, self.pin) is not None:
+            return None
+        return record if record.module_type in ("open", "proprietary") else None
+
+    def wanted(self, running: str) -> list[PendingKernel]:
+        """Pending kernels this pin is not built for yet; a failure is retried after
+        RETRY_FAILED_SECONDS (or at once for a new pin), not every cycle."""
+        entries = prebuilds(self.root)
+        return [k for k in pending_kernels(self.root, running)
+                if not built_for(self.root, self.pin, k.release)
+                and not self._failed_recently(entries.get(k.release))]
+
+    def _failed_recently(self, entry: dict[str, Any] | None) -> bool:
+        if not entry or entry.get("outcome") != "failed":
+            return False
+        if entry.get("config_digest") != self.pin.digest:
+            return False
+        try:
+            when = datetime.fromisoformat(str(entry.get("finished_at")))
+        except ValueError:
+            return False
+        return (datetime.now(UTC) - when).total_seconds() < RETRY_FAILED_SECONDS
+
+    def build(self, release: str, record: InstallRecord) -> dict[str, Any]:
+        """Build for one kernel and record the result; never raises an AgentError."""
+        begun = self.clock()
+        log.info("prebuild_started", kernel_release=release, version=self.pin.release.version,
+                 module_type=record.module_type)
+        try:
+            how = self._build(release, record)
+        except AgentError as exc:
+            entry = self._entry("failed", begun, error=exc.line())
+            log.warning("prebuild_failed", kernel_release=release, error=exc.line(),
+                        hint="the node still works; after a reboot into this kernel the "
+                             "driver is built at boot instead")
+        else:
+            entry = self._entry("built", begun, how=how)
+            log.info("prebuild_finished", kernel_release=release, how=how,
+                     seconds=entry["seconds"], changed=how != "on_disk")
+        self._record(release, entry)
+        return entry
+
+    def _entry(self, outcome: str, begun: float, **extra: Any) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "outcome": outcome, "finished_at": _now(), "error": extra.pop("error", ""),
+            "version": self.pin.release.version, "module_version": self.pin.module_version,
+            "config_digest": self.pin.digest, "seconds": round(self.clock() - begun, 3)}
+        entry.update(extra)
+        return entry
+
+    def _record(self, release: str, entry: dict[str, Any]) -> None:
+        current = prebuilds(self.root)
+        installed = set(installed_kernels(self.root))
+        # Entries of kernels no longer installed go; the rest stay.
+        kept = {rel: e for rel, e in current.items() if rel in installed or rel == release}
+        kept[release] = entry
+        write_section(self.root, SECTION, kept)
+
+    def _build(self, release: str, record: InstallRecord) -> str:
+        modver = self.pin.module_version
+        if modules_on_disk(self.root, release, modver):
+            return "on_disk"  # DKMS's kernel hook, or a run killed after the installer
+        if not self.kit.headers_present(self.root, release):
+            self.kit.ensure_build_deps(self.root, self.runner, release,
+                                       lock_wait=self.settings.dpkg_lock_wait)
+        if dkms_registered(self.root, modver):
+            self._run(["nice", "-n", NICE, "dkms", "install", "-m", "nvidia", "-v", modver,
+                       "-k", release], release)
+            how = "dkms"
+        else:
+            self._clear_partial(release)
+            path = Path(self.kit.ensure_installer(self.pin.release, self.root, self.settings))
+            run_path = inst.host_path_of(self.root, path)
+            argv = prebuild_argv(run_path, record.module_type, release,
+                                 source_path(self.root, release),
+                                 compiler=kernel_compiler(self.root, release))
+            self._run(argv, release)
+            how = "installer"
+        if not modules_on_disk(self.root, release, modver):
+            raise inst.InstallerFailed(
+                f"prebuild for {release} finished but {', '.join(NEEDED)} {modver} are not "
+                f"under {MODULES_DIR}/{release}", [])
+        return how
+
+    def _clear_partial(self, release: str) -> None:
+        """Files a killed attempt left for this (non-running) kernel: never the running one's."""
+        for path in _ko_files(self.root, release).values():
+            log.info("prebuild_partial_removed", path=self.root.host_path(path))
+            path.unlink(missing_ok=True)
+
+    def _run(self, argv: list[str], release: str) -> None:
+        log.info("prebuild_command", kernel_release=release, argv=argv)
+        try:
+            self.runner.run(argv, timeout=self.settings.install_timeout)
+        except HostCommandError as exc:
+            text = self.root.read_text(prebuild_log(release), "") or ""
+            errors = inst.error_lines(text) or inst.error_lines(exc.stdout + "\n" + exc.stderr)
+            why = " | ".join(errors) or exc.message
+            raise inst.InstallerFailed(f"prebuild for kernel {release} failed: {why}",
+                                       errors) from exc
+
+    def run_pending(self, running: str, *, limit: int | None = None) -> list[str]:
+        """Build for each pending kernel (one at a time); returns the releases attempted."""
+        record = self.installed()
+        if record is None:
+            return []
+        done = []
+        for kernel in self.wanted(running)[:limit]:
+            log.info("prebuild_needed", kernel_release=kernel.release, why=kernel.why)
+            self.build(kernel.release, record)
+            done.append(kernel.release)
+        return done
+
+
+def after_install(flow: Any) -> bool:
+    """The install's last step: prebuild for pending kernels under the install's lock."""
+    try:
+        builder = Prebuilder(flow.settings, flow.root, flow.runner, flow.kit, flow.pin)
+        return bool(builder.run_pending(flow.kernel_release))
+    except (AgentError, OSError) as exc:  # a prebuild never fails the install
+        log.warning("prebuild_failed", error=str(exc))
+        return False

@@ -1,0 +1,137 @@
+"""Kernel updates on the simulated node: the pinned driver is built for the next kernel
+before the reboot, without touching the running driver, and the boot into it is a fast path.
+
+The second kernel is real: Debian's cloud flavour of the machine's kernel ABI
+(`linux-headers-cloud-amd64`), so kbuild builds real modules with its vermagic.
+"""
+
+import pytest
+
+from agent.handoff import MARKER_CONTENT
+from tests.e2e.installrun import MARKER, host_text, kill_at_step, record, run_agent
+from tests.simnode.host import second_kernel_release
+
+pytestmark = [pytest.mark.e2e, pytest.mark.simnode]
+
+
+@pytest.fixture
+def next_kernel(simnode):
+    release = second_kernel_release(simnode.kernel_release)
+    if release is None:
+        pytest.skip("one kernel's headers here: apt-get install linux-headers-cloud-amd64")
+    return release
+
+
+def install(simnode, env, **kw):
+    return run_agent(simnode.agent_args(), env, "install", **kw)
+
+
+def running_driver(simnode):
+    """What must not change while a prebuild runs: the loaded module and the hand-off."""
+    return (host_text(simnode, "/sys/module/nvidia/version"),
+            host_text(simnode, "/proc/driver/nvidia/version"), host_text(simnode, MARKER),
+            sorted(p.name for p in simnode.path(
+                f"/lib/modules/{simnode.kernel_release}").rglob("nvidia*.ko")))
+
+
+def ko_vermagic(path):
+    data = path.read_bytes()
+    start = data.index(b"vermagic=") + 9
+    return data[start:data.index(b"\0", start)].decode().split()[0]
+
+
+def test_prebuild_for_the_next_kernel_then_the_reboot_is_a_fast_path(simnode, catalog,
+                                                                      next_kernel, http_server):
+    assert install(simnode, catalog).returncode == 0
+    before = running_driver(simnode)
+    simnode.install_kernel(next_kernel)
+    again = install(simnode, catalog)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.named("fast_path_taken")
+    started = again.named("prebuild_started")
+    assert [e["kernel_release"] for e in started] == [next_kernel]
+    argv = again.named("prebuild_command")[0]["argv"]
+    assert {"--kernel-modules-only", f"--kernel-name={next_kernel}", "--no-kernel-module-source",
+            "-M", "--no-drm"} <= set(argv)
+    assert argv[argv.index("nice"):][:3] == ["nice", "-n", "19"]
+    # The kernel's own compiler, from its .config (Debian's: gcc-12).
+    assert argv[:2] == ["env", "CC=gcc-12"], argv
+    entry = record(simnode)["prebuilds"][next_kernel]
+    assert entry["outcome"] == "built" and entry["error"] == "", entry
+    assert entry["version"] == "580.105.08-grid-azure" and entry["how"] == "installer"
+    built = list(simnode.path(f"/lib/modules/{next_kernel}").rglob("nvidia.ko"))
+    assert built and ko_vermagic(built[0]) == next_kernel
+    assert running_driver(simnode) == before  # the running driver and hand-off untouched
+    assert record(simnode)["kernel_release"] == simnode.kernel_release
+
+    # A third run: nothing left to build, nothing started.
+    third = install(simnode, catalog)
+    assert third.returncode == 0 and not third.named("prebuild_started")
+
+    http_server.reset_counters()
+    simnode.reboot(kernel_release=next_kernel)
+    assert simnode.exec(["uname", "-r"]).stdout.strip() == next_kernel
+    boot = install(simnode, catalog)
+    assert boot.returncode == 0, boot.stderr[-3000:]
+    assert boot.named("fast_path_taken"), boot.named("fast_path_declined")
+    assert not boot.named("installer_started") and http_server.count() == 0
+    assert host_text(simnode, MARKER) == MARKER_CONTENT
+    assert record(simnode)["kernel_release"] == next_kernel
+
+
+def test_boot_into_the_prebuilt_kernel_without_autoload_loads_without_the_installer(
+        simnode, catalog, next_kernel, http_server):
+    assert install(simnode, catalog).returncode == 0
+    simnode.install_kernel(next_kernel)
+    assert install(simnode, catalog).returncode == 0
+    http_server.reset_counters()
+    simnode.reboot(autoload=False, kernel_release=next_kernel)
+    boot = install(simnode, catalog)
+    assert boot.returncode == 0, boot.stderr[-3000:]
+    assert boot.changed()["installer"] is False and not boot.named("installer_started")
+    assert http_server.count() == 0
+    assert host_text(simnode, "/sys/module/nvidia/version").strip() == "580.105.08"
+
+
+def test_missing_headers_of_the_next_kernel_are_installed_with_apt(simnode, catalog,
+                                                                   next_kernel):
+    assert install(simnode, catalog).returncode == 0
+    simnode.install_kernel(next_kernel, headers=False)
+    assert not simnode.path(f"/usr/src/linux-headers-{next_kernel}/Makefile").exists()
+    again = install(simnode, catalog)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert record(simnode)["prebuilds"][next_kernel]["outcome"] == "built"
+    assert simnode.path(f"/usr/src/linux-headers-{next_kernel}/Makefile").exists()
+
+
+def test_a_failed_prebuild_is_recorded_and_never_fatal(simnode, catalog, next_kernel):
+    assert install(simnode, catalog).returncode == 0
+    before = running_driver(simnode)
+    simnode.install_kernel(next_kernel)
+    simnode.set_scenarios("healthy", "installer-error")
+    again = install(simnode, catalog)
+    assert again.returncode == 0, again.stderr[-3000:]
+    entry = record(simnode)["prebuilds"][next_kernel]
+    assert entry["outcome"] == "failed" and "Building kernel modules" in entry["error"], entry
+    assert again.named("prebuild_failed")
+    assert running_driver(simnode) == before
+    # Not retried on every run (backoff), and the install record still says success.
+    assert not install(simnode, catalog).named("prebuild_started")
+    assert record(simnode)["outcome"] == "fast_path"
+
+
+@pytest.mark.parametrize(("event", "after"), [(None, 0.0), ("prebuild_started", 0.0),
+                                             ("prebuild_command", 0.05),
+                                             ("prebuild_command", 0.15)])
+def test_killed_during_a_prebuild_leaves_the_driver_and_converges(simnode, catalog,
+                                                                 next_kernel, event, after):
+    assert install(simnode, catalog).returncode == 0
+    before = running_driver(simnode)
+    simnode.install_kernel(next_kernel)
+    killed = kill_at_step(simnode.agent_args(), catalog, "prebuild", event=event, after=after)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert running_driver(simnode) == before
+    rerun = install(simnode, catalog)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert record(simnode)["prebuilds"][next_kernel]["outcome"] == "built"
+    assert running_driver(simnode) == before
