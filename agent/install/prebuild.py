@@ -34,8 +34,8 @@ from typing import Any
 
 import structlog
 
-from agent.driver.record import InstallRecord, read_record
-from agent.driver.sections import read_section, write_section
+from agent.driver.record import InstallRecord, read_prebuilds, read_record
+from agent.driver.sections import write_section
 from agent.errors import AgentError, HostCommandError
 from agent.host.paths import MODULES_DIR
 from agent.host.root import HostRoot
@@ -62,8 +62,7 @@ def _now() -> str:
 
 
 def prebuilds(root: HostRoot) -> dict[str, dict[str, Any]]:
-    found = read_section(root, SECTION)
-    return found if isinstance(found, dict) else {}
+    return read_prebuilds(root)  # the same reader the metrics use (well-formed entries only)
 
 
 def _ko_files(root: HostRoot, release: str) -> dict[str, Path]:
