@@ -117,6 +117,7 @@ def describe(obs: Observation) -> dict[str, Any]:
             "duration_seconds": rec.duration_seconds, "finished_at": rec.finished_at,
             "module_type": rec.module_type},
         "prebuilds": {release: {"outcome": entry["outcome"],
-                                "finished_at": entry.get("finished_at")}
+                                "finished_at": entry.get("finished_at"),
+                                "error": entry.get("error")}
                       for release, entry in sorted(obs.prebuilds.items())},
     }

@@ -69,3 +69,14 @@ def test_read_prebuilds_tolerates_absent_and_corrupt_state(tmp_path):
     for text in ("{not json", "[]", '{"prebuilds": []}', '{"prebuilds": {"k": {"x": 1}}}'):
         path.write_text(text)
         assert read_prebuilds(root) == {}, text
+
+
+def test_status_facts_carry_each_prebuilds_error(tmp_path):
+    healthy_node(tmp_path)
+    add_prebuilds(tmp_path, {"6.8.0-1019-azure": {
+        "outcome": "failed", "finished_at": "2026-06-02T10:00:00+00:00",
+        "error": "kbuild: exit 2"}})
+    facts = health(tmp_path, FakeHost(tmp_path)).check_once().facts
+    assert facts["prebuilds"] == {"6.8.0-1019-azure": {
+        "outcome": "failed", "finished_at": "2026-06-02T10:00:00+00:00",
+        "error": "kbuild: exit 2"}}
