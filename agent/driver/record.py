@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+import math
+import os
+import stat
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
@@ -40,17 +43,75 @@ def config_digest(**config: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def read_record(root: HostRoot) -> InstallRecord | None:
-    """The record, or None when absent or unreadable (a corrupt record means: reinstall)."""
-    text = root.read_text(RECORD_PATH)
-    if text is None:
+MAX_STATE_BYTES = 1 << 20  # a record is ~400 bytes; prebuilds add a few hundred per kernel
+_TYPES: dict[str, tuple[type, ...]] = {
+    "version": (str,), "module_version": (str,), "kernel_release": (str,),
+    "module_type": (str,), "config_digest": (str,), "outcome": (str,), "exit_code": (int,),
+    "duration_seconds": (int, float), "finished_at": (str,),
+}
+
+
+def _unreadable(why: str) -> None:
+    log.warning("install_record_unreadable", path=RECORD_PATH, error=why,
+                treated_as="no record")
+
+
+def read_state(root: HostRoot) -> dict[str, Any] | None:
+    """state.json as a dict, or None when absent or not a sane record: a FIFO or device
+    (never opened for a blocking read), over MAX_STATE_BYTES, not JSON, too deeply
+    nested, not an object. Whatever is wrong is logged once and counts as no record."""
+    try:
+        path = root.resolve(RECORD_PATH)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        _unreadable(f"cannot open: {exc.strerror}")
         return None
     try:
-        data = json.loads(text)
-        wanted = {f.name for f in fields(InstallRecord)}
-        return InstallRecord(**{k: data[k] for k in wanted})
-    except (ValueError, KeyError, TypeError) as exc:
-        log.warning("install_record_unreadable", path=RECORD_PATH, error=str(exc))
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            _unreadable("not a regular file")
+            return None
+        if info.st_size > MAX_STATE_BYTES:
+            _unreadable(f"{info.st_size} bytes, over the {MAX_STATE_BYTES} byte cap")
+            return None
+        raw = os.read(fd, MAX_STATE_BYTES + 1)
+    except OSError as exc:
+        _unreadable(f"cannot read: {exc.strerror}")
+        return None
+    finally:
+        os.close(fd)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # RecursionError: [[[[...]]]] nesting
+        _unreadable(f"not JSON: {type(exc).__name__}")
+        return None
+    if not isinstance(data, dict):
+        _unreadable("not a JSON object")
+        return None
+    return data
+
+
+def _typed(data: dict[str, Any]) -> InstallRecord:
+    for name, kinds in _TYPES.items():
+        value = data[name]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise TypeError(f"{name} is {type(value).__name__}, not {kinds[0].__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TypeError(f"{name} is not finite")
+    return InstallRecord(**{name: data[name] for name in _TYPES})
+
+
+def read_record(root: HostRoot) -> InstallRecord | None:
+    """The record, or None when absent or unreadable (a corrupt record means: reinstall)."""
+    data = read_state(root)
+    if data is None:
+        return None
+    try:
+        return _typed(data)
+    except (KeyError, TypeError) as exc:
+        _unreadable(f"wrong or missing field: {exc}")
         return None
 
 
@@ -59,12 +120,8 @@ def read_prebuilds(root: HostRoot) -> dict[str, dict[str, Any]]:
 
     Only well-formed entries (a dict with a string outcome); {} when absent or unreadable.
     """
-    text = root.read_text(RECORD_PATH)
-    try:
-        data = json.loads(text) if text else {}
-    except ValueError:
-        return {}
-    found = data.get("prebuilds") if isinstance(data, dict) else None
+    data = read_state(root) or {}
+    found = data.get("prebuilds")
     if not isinstance(found, dict):
         return {}
     return {str(release): entry for release, entry in found.items()

@@ -80,3 +80,20 @@ def test_status_facts_carry_each_prebuilds_error(tmp_path):
     assert facts["prebuilds"] == {"6.8.0-1019-azure": {
         "outcome": "failed", "finished_at": "2026-06-02T10:00:00+00:00",
         "error": "kbuild: exit 2"}}
+
+
+def test_a_hostile_state_json_never_breaks_a_scrape(tmp_path):
+    import os
+
+    healthy_node(tmp_path)
+    path = tmp_path / RECORD_PATH.lstrip("/")
+    good = json.loads(path.read_text())
+    for hostile in ("[" * 100_000, json.dumps({**good, "exit_code": "0"}),
+                    json.dumps({**good, "finished_at": 12}), "fifo"):
+        path.unlink()
+        if hostile == "fifo":
+            os.mkfifo(path)
+        else:
+            path.write_text(hostile)
+        got = scrape(tmp_path)  # no exception: the record is simply absent
+        assert "grid_agent_install_exit_code" not in got, hostile
