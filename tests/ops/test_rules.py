@@ -132,3 +132,12 @@ def test_the_agents_metrics_follow_prometheus_naming(tmp_path):
     assert "grid_agent_prebuild_success{" in text and "grid_agent_self_heal_total{" in text
     proc = promtool("check", "metrics", stdin=text)
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+
+
+def test_the_readme_lists_exactly_the_metrics_the_agent_exports(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    listed = readme.split("\nMetrics: ", 1)[1].split("\n\n", 1)[0]
+    names = set(re.findall(r"`(grid_agent_\w+)", listed))
+    exported = {n for n in agent_metric_names(tmp_path) if n.startswith("grid_agent_")}
+    assert names == exported, (f"README lacks {sorted(exported - names)}; "
+                               f"lists unexported {sorted(names - exported)}")
