@@ -12,6 +12,7 @@ from agent.errors import HostCommandError, InstallError
 from agent.host.paths import INSTALLER_LOG
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
+from agent.install.compiler import installer_env
 
 log = structlog.get_logger(__name__)
 
@@ -131,13 +132,15 @@ def _set_aside_old_log(root: HostRoot) -> None:
 
 
 def run_installer(root: HostRoot, runner: HostRunner, run_path: str, module_type: str, *,
-                  timeout: float) -> None:
-    """Run the `.run` by its host path; raise InstallerFailed with its last ERROR lines."""
+                  timeout: float, cc: str | None = None) -> None:
+    """Run the `.run` by its host path; raise InstallerFailed with its last ERROR lines.
+
+    `cc`: the kernel's own compiler when the host's default differs (compiler.py)."""
     argv = installer_argv(run_path, module_type, dkms=root.which("dkms") is not None)
     _set_aside_old_log(root)
-    log.info("installer_started", argv=argv, module_type=module_type)
+    log.info("installer_started", argv=argv, module_type=module_type, cc=cc)
     try:
-        result = runner.run(argv, timeout=timeout)
+        result = runner.run(argv, timeout=timeout, env=installer_env(cc))
     except HostCommandError as exc:
         text = root.read_text(INSTALLER_LOG, "") or ""
         errors = error_lines(text) or error_lines(exc.stdout + "\n" + exc.stderr)

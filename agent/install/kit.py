@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
+
+_KEEP_HOST_CC = SimpleNamespace(cc=None, changed=False)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class Kit:
     publish: Callable[[Any, Any], bool]
     remove_marker: Callable[[Any], bool]
     unpublish: Callable[[Any, Any], bool]
+    # (root, runner, kernel_release, *, lock_wait) -> CompilerChoice; the default keeps
+    # the host's compiler (fakes that build nothing need not say).
+    ensure_compiler: Callable[..., Any] = field(default=lambda *a, **k: _KEEP_HOST_CC)
 
 
 def host_dmesg(runner: Any) -> str:
@@ -74,5 +80,5 @@ def real_kit() -> Kit:
         ensure_gridd_conf=licensing.ensure_gridd_conf,
         ensure_gridd_running=licensing.ensure_gridd_running, verify=verify_driver,
         publish=handoff.publish, remove_marker=handoff.remove_marker,
-        unpublish=handoff.unpublish,
+        unpublish=handoff.unpublish, ensure_compiler=packages.ensure_compiler,
     )

@@ -15,6 +15,7 @@ from tenacity.wait import wait_base, wait_exponential
 from agent.errors import HostCommandError, PreflightError, last_lines
 from agent.host.root import HostRoot
 from agent.host.runner import CommandResult, HostRunner
+from agent.install import compiler
 from agent.install.preflight import headers_present
 
 log = structlog.get_logger(__name__)
@@ -162,15 +163,11 @@ def _final_error(exc: AptFailed, packages: list[str], kernel_release: str) -> Pr
                           remedy=MISSING_REMEDY.format(pkgs=pkgs))
 
 
-def ensure_build_deps(root: HostRoot, runner: HostRunner, kernel_release: str, *,
-                      lock_wait: float, retry_wait: wait_base = APT_WAIT,
-                      sleep: Callable[[float], None] = time.sleep) -> bool:
-    """Install what the build lacks; raise PreflightError (exit 4) when it cannot."""
-    packages = missing_packages(root, kernel_release)
-    if not packages:
-        log.info("build_deps_present", kernel_release=kernel_release, changed=False)
-        return False
-    log.info("build_deps_installing", packages=packages)
+def apt_install(root: HostRoot, runner: HostRunner, packages: list[str], kernel_release: str, *,
+                lock_wait: float, retry_wait: wait_base = APT_WAIT,
+                sleep: Callable[[float], None] = time.sleep) -> None:
+    """`apt-get update` + `install` on the host, retried through lock and mirror trouble;
+    PreflightError (exit 4) naming the packages when they cannot be had."""
     stop = _Stop(lock_wait, APT_ATTEMPTS)
 
     def before_sleep(state) -> None:
@@ -187,9 +184,31 @@ def ensure_build_deps(root: HostRoot, runner: HostRunner, kernel_release: str, *
         retrying(_update_and_install, runner, packages, lock_wait)
     except AptFailed as exc:
         raise _final_error(exc, packages, kernel_release) from exc
+
+
+def ensure_build_deps(root: HostRoot, runner: HostRunner, kernel_release: str, *,
+                      lock_wait: float, retry_wait: wait_base = APT_WAIT,
+                      sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Install what the build lacks; raise PreflightError (exit 4) when it cannot."""
+    packages = missing_packages(root, kernel_release)
+    if not packages:
+        log.info("build_deps_present", kernel_release=kernel_release, changed=False)
+        return False
+    log.info("build_deps_installing", packages=packages)
+    apt_install(root, runner, packages, kernel_release, lock_wait=lock_wait,
+                retry_wait=retry_wait, sleep=sleep)
     still = missing_packages(root, kernel_release)
     if still:
         raise PreflightError(f"apt-get succeeded but {' '.join(still)} is still missing",
                              remedy=MISSING_REMEDY.format(pkgs=" ".join(still)))
     log.info("build_deps_installed", packages=packages, changed=True)
     return True
+
+
+def ensure_compiler(root: HostRoot, runner: HostRunner, kernel_release: str, *,
+                    lock_wait: float) -> compiler.CompilerChoice:
+    """The kernel's own gcc (compiler.py), installed through apt-get when missing."""
+    return compiler.ensure_kernel_compiler(
+        root, runner, kernel_release,
+        install=lambda pkgs: apt_install(root, runner, pkgs, kernel_release,
+                                         lock_wait=lock_wait))

@@ -58,6 +58,7 @@ class Flow:
     kernel_release: str = ""
     run_path: str = ""  # the .run by its host path
     module_type: str = ""
+    cc: str | None = None  # the kernel's own gcc-N when the host's default differs
     install_reason: str | None = None  # why the installer must run; None: built already
     fast: bool = False
     verified: Any = None
@@ -143,8 +144,15 @@ class Flow:
         return path not in before
 
     def do_packages(self) -> bool:
-        return self.kit.ensure_build_deps(self.root, self.runner, self.kernel_release,
+        changed = self.kit.ensure_build_deps(self.root, self.runner, self.kernel_release,
+                                             lock_wait=self.settings.dpkg_lock_wait)
+        if self.install_reason is None:
+            return changed  # nothing to build
+        # With the headers in place: the kernel's own compiler (compiler.py).
+        choice = self.kit.ensure_compiler(self.root, self.runner, self.kernel_release,
                                           lock_wait=self.settings.dpkg_lock_wait)
+        self.cc = choice.cc
+        return changed or choice.changed
 
     def do_stale_unload(self) -> bool:
         # From here on the driver may change: withdraw the hand-off first, so no operator
@@ -187,7 +195,8 @@ class Flow:
 
     def do_installer(self, module_type: str) -> bool:
         self.kit.run_installer(self.root, self.runner, self.run_path, module_type,
-                               timeout=self.settings.install_timeout)
+                               timeout=self.settings.install_timeout,
+                               **({"cc": self.cc} if self.cc else {}))
         self.module_type = module_type
         return True
 

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import gccsim
 import simlib as s
 
 STASH = Path("/var/lib/grid-sim/usr-src")
@@ -78,7 +79,7 @@ def remove_headers(release: str) -> None:
 def installable(pkg: str) -> bool:
     if pkg.startswith("linux-headers-"):
         return (STASH / pkg).is_dir()
-    return pkg in BASE | EXTRA
+    return pkg in BASE | EXTRA or gccsim.installable(pkg)
 
 
 def installed(pkg: str) -> bool:
@@ -87,6 +88,8 @@ def installed(pkg: str) -> bool:
             pkg.endswith("-common") and (Path("/usr/src") / pkg).is_dir())
     if pkg == "dkms":
         return Path("/usr/sbin/dkms").exists()
+    if gccsim.installable(pkg):
+        return gccsim.installed(pkg)
     return pkg in BASE
 
 
@@ -220,6 +223,8 @@ def apt_install(pkgs: list[str]) -> None:
             install_headers(pkg.removeprefix("linux-headers-"))
         elif pkg == "dkms":
             Path("/usr/sbin/dkms").symlink_to("/usr/local/lib/grid-sim/stub")
+        elif gccsim.installable(pkg):
+            gccsim.install(pkg)
 
 
 def dpkg_query(args: list[str]) -> None:

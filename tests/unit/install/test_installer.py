@@ -161,3 +161,16 @@ def test_host_path_of(root):
         "/var/cache/grid-agent/a.run"
     with pytest.raises(InstallError):
         inst.host_path_of(root, "/elsewhere/a.run")
+
+
+def test_the_kernels_compiler_goes_in_the_installers_environment(root):
+    envs = []
+
+    class EnvRunner(ScriptedRunner):
+        def run(self, argv, *, timeout=None, check=True, env=None):
+            envs.append(env)
+            return super().run(argv, timeout=timeout, check=check)
+
+    inst.run_installer(root, EnvRunner(root), "/d.run", "open", timeout=10, cc="gcc-12")
+    inst.run_installer(root, EnvRunner(root), "/d.run", "open", timeout=10)
+    assert envs == [{"CC": "gcc-12", "MAKEFLAGS": "CC=gcc-12"}, {}]

@@ -230,3 +230,23 @@ def test_a_built_driver_needs_no_download(node):
     node.calls.clear()
     install(node)
     assert "ensure_installer" not in node.names()
+
+
+def test_the_kernels_compiler_reaches_the_installer(node):
+    from types import SimpleNamespace
+
+    seen = []
+    real = node.run_installer
+
+    def run_installer(root, runner, run_path, module_type, *, timeout, cc=None):
+        seen.append(cc)
+        return real(root, runner, run_path, module_type, timeout=timeout)
+
+    kit = node.kit().__class__(**{**node.kit().__dict__, "run_installer": run_installer,
+                                  "ensure_compiler": lambda root, runner, release, *, lock_wait:
+                                  SimpleNamespace(cc="gcc-12", changed=True)})
+    with capture_logs() as logs:
+        pipeline.install(settings(), node.root, object(), kit)
+    assert seen == ["gcc-12"]
+    finished = {e["name"]: e["changed"] for e in logs if e["event"] == "step_finished"}
+    assert finished["packages"] is True
