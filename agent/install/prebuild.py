@@ -41,6 +41,7 @@ from agent.host.paths import MODULES_DIR
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.install import installer as inst
+from agent.install.compiler import installer_env
 from agent.install.kernels import PendingKernel, installed_kernels, pending_kernels
 from agent.install.kit import Kit
 from agent.install.pin import Pin, record_matches
@@ -132,7 +133,8 @@ def prebuild_argv(run_path: str, module_type: str, release: str, source: str, *,
     """`nice sh <run> --silent --no-drm -M <type> --kernel-modules-only --kernel-name=...`."""
     argv = ["nice", "-n", NICE]
     if compiler:
-        argv = ["env", f"CC={compiler}", *argv]
+        # An environment CC alone never reaches kbuild's compile: MAKEFLAGS does (compiler.py).
+        argv = ["env", *(f"{k}={v}" for k, v in installer_env(compiler).items()), *argv]
     return [*argv, "sh", run_path, "--silent", "--no-drm", "-M", module_type,
             "--kernel-modules-only", f"--kernel-name={release}",
             f"--kernel-source-path={source}", "--no-kernel-module-source",
