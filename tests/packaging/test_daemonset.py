@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from agent.cli import cli
 from agent.health.monitor import VerdictCache
 from agent.health.server import HealthApp
+from agent.host.paths import LOCK, MARKER
 from agent.settings import OPTIONS, host_port
 from tests.fakes.clock import FakeClock
 from tests.packaging.kube import one, pod_containers, render
@@ -91,16 +94,57 @@ def test_privileged_only_where_the_host_is_entered(pod):
         assert "capabilities" not in ctx  # privileged already has them: no misleading list
 
 
-def test_host_root_at_host_with_host_to_container_propagation(pod):
+def test_host_root_at_host_writable_only_for_the_installer(pod):
     volumes = {v["name"]: v for v in pod["volumes"]}
-    for container in pod_containers(pod):
-        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-        host = mounts["/host"]
-        assert volumes[host["name"]]["hostPath"]["path"] == "/"
-        assert host["mountPropagation"] == "HostToContainer"
-        assert not host.get("readOnly")  # the hand-off marker is written through /host/run
-    # Nothing else from the host: the agent reaches the host through /host and nsenter only.
-    assert [v["name"] for v in pod["volumes"] if "hostPath" in v] == [host["name"]]
+    mounts = {name: {m["mountPath"]: m for m in c["volumeMounts"]}
+              for name, c in by_name(pod).items()}
+    install, watch = mounts["install"]["/host"], mounts["watch"]["/host"]
+    assert volumes[install["name"]]["hostPath"]["path"] == "/"
+    assert install["mountPropagation"] == "HostToContainer" and not install.get("readOnly")
+    # The network-facing sidecar sees the host read-only (recursively where possible)...
+    assert watch["name"] == install["name"]
+    assert watch["readOnly"] is True and watch["recursiveReadOnly"] == "IfPossible"
+    assert watch.get("mountPropagation", "None") == "None"  # what recursiveReadOnly requires
+    # ...and writes exactly two host directories: the marker's and the lock's.
+    writable = {path: volumes[m["name"]]["hostPath"]["path"]
+                for path, m in mounts["watch"].items()
+                if "hostPath" in volumes[m["name"]] and not m.get("readOnly")}
+    assert writable == {"/host/run/nvidia/validations": "/run/nvidia/validations",
+                        "/host/run/grid-agent": "/run/grid-agent"}
+    # Never /run/nvidia itself: /run/nvidia/driver is an rbind of the host's whole /.
+    assert not any(p in ("/run/nvidia", "/run") for p in writable.values())
+    assert {MARKER.rsplit("/", 1)[0], LOCK.rsplit("/", 1)[0]} == set(writable.values())
+
+
+def test_image_by_digest_everywhere():
+    for name in ("", "base", "oneshot", "overlays/mirror", "overlays/exec-probes"):
+        for obj in render(name):
+            spec = obj.get("spec", {}).get("template", {}).get("spec")
+            for container in pod_containers(spec) if spec else ():
+                assert re.fullmatch(r"[^@:]+(:\d+)?/[^@:]+@sha256:[0-9a-f]{64}",
+                                    container["image"]), (name, container["image"])
+
+
+def test_network_policy_admits_only_prometheus_to_the_health_port(objects, pod):
+    policy = one(objects, "NetworkPolicy")["spec"]
+    pod_labels = pod_template_labels(objects)
+    assert all(pod_labels.get(k) == v for k, v in policy["podSelector"]["matchLabels"].items())
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (peer,) = rule["from"]
+    # Both selectors in ONE peer: pods labelled prometheus IN the monitoring namespace
+    # (two peers would admit every pod there, and any prometheus-labelled pod anywhere).
+    assert peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"}
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    (port,) = rule["ports"]
+    named = {p["name"]: p["containerPort"] for c in pod_containers(pod)
+             for p in c.get("ports", [])}
+    assert port == {"port": "health", "protocol": "TCP"} and named == {"health": 9402}
+
+
+def pod_template_labels(objects):
+    return one(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
 
 
 def test_verdict_file_is_on_the_pods_own_emptydir(objects, pod):
