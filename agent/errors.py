@@ -107,6 +107,39 @@ class HostCommandTimeout(HostCommandError):
     """A host command ran past its timeout and was killed."""
 
 
+# The Debian/Ubuntu package that ships a command the agent runs, for the remedy.
+COMMAND_PACKAGES = {
+    "kill": "procps", "ps": "procps", "pgrep": "procps",
+    "rmmod": "kmod", "modprobe": "kmod", "modinfo": "kmod",
+    "nsenter": "util-linux", "dmesg": "util-linux", "mount": "mount", "umount": "mount",
+    "update-initramfs": "initramfs-tools", "mokutil": "mokutil", "apt-get": "apt",
+}
+
+
+class HostCommandMissing(AgentError):
+    """A command the agent runs is not installed (not on the host's PATH, or no nsenter).
+
+    Deliberately not a HostCommandError: the handlers that turn a failing command into
+    their step's diagnosis ("reboot required: rmmod failed") must not see it. The step that
+    ran it turns it into its own class, naming the command (`for_step`).
+    """
+
+    exit_code = 1
+
+    def __init__(self, command: str, argv: Sequence[str], *, where: str = "on the host") -> None:
+        self.command = command
+        self.argv = tuple(argv)
+        package = COMMAND_PACKAGES.get(command)
+        fix = f"install {package} {where}" if package else f"install `{command}` {where}"
+        super().__init__(
+            f"`{command}` is not installed {where} (needed for `{' '.join(self.argv)}`)",
+            remedy=fix)
+
+    def for_step(self, step: str, cls: type[AgentError]) -> AgentError:
+        """The same line as the step's own error class (its exit code)."""
+        return cls(f"{step}: {self.message}", remedy=self.remedy)
+
+
 def last_lines(text: str, count: int) -> str:
     """The last non-empty lines of a command's output, joined for one log line."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import structlog
 
 from agent.driver.profile import parse_vgpu_type
-from agent.errors import HostCommandError, HostCommandTimeout, last_lines
+from agent.errors import HostCommandError, HostCommandMissing, HostCommandTimeout, last_lines
 from agent.host.runner import HostRunner
 
 log = structlog.get_logger(__name__)
@@ -144,6 +144,8 @@ def _run(runner: HostRunner, argv: list[str], timeout: float | None) -> tuple[in
         result = runner.run(argv, timeout=timeout, check=False)
     except HostCommandTimeout as exc:
         return 124, exc.stdout + exc.stderr, f"`{' '.join(argv)}` timed out"
+    except HostCommandMissing as exc:
+        return 127, "", exc.message
     except HostCommandError as exc:
         return 127, exc.stdout + exc.stderr, f"`{' '.join(argv)}` could not run: {exc.message}"
     return result.returncode, result.stdout + result.stderr, ""

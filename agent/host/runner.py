@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from agent.errors import HostCommandError, HostCommandTimeout
+from agent.errors import HostCommandError, HostCommandMissing, HostCommandTimeout
 from agent.host.root import HOST_PATH
 
 log = structlog.get_logger(__name__)
@@ -65,7 +65,11 @@ class HostRunner:
         check: bool = True,
         env: Mapping[str, str] | None = None,
     ) -> CommandResult:
-        """Run to completion; raise HostCommandError on non-zero exit when `check`."""
+        """Run to completion; raise HostCommandError on non-zero exit when `check`.
+
+        A command that is not installed raises HostCommandMissing whatever `check` says:
+        a caller that may do without it catches that by name.
+        """
         full = self.argv_for(argv)
         limit = self.timeout if timeout is None else timeout
         log.debug("host_command", argv=full, timeout=limit)
@@ -82,6 +86,10 @@ class HostRunner:
                 text=True,
                 errors="replace",
             )
+        except FileNotFoundError as exc:
+            if self.pid is None:
+                raise HostCommandMissing(argv[0], argv) from exc
+            raise HostCommandMissing(self.nsenter, argv, where="in the agent's image") from exc
         except OSError as exc:
             raise HostCommandError(argv, None, reason=f"could not start: {exc.strerror}") from exc
         try:
@@ -97,10 +105,22 @@ class HostRunner:
             # goes with it, never left running on the host with the lock released.
             stop_group(proc, self.stop_grace)
             raise
+        if self.pid is not None and _nsenter_not_found(proc.returncode, err, argv[0]):
+            raise HostCommandMissing(argv[0], argv)
         result = CommandResult(tuple(argv), proc.returncode, out, err, time.monotonic() - started)
         if check and not result.ok:
             raise HostCommandError(argv, result.returncode, out, err)
         return result
+
+
+def _nsenter_not_found(returncode: int, stderr: str, command: str) -> bool:
+    """nsenter's own report that it found no `command` in the target's mount namespace.
+
+    util-linux's errexec(): `nsenter: failed to execute CMD: No such file or directory`,
+    exit 127 (EX_EXEC_ENOENT); a command that itself exits 127 does not say this.
+    """
+    return returncode == 127 and (
+        f"failed to execute {command}: No such file or directory" in stderr)
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:

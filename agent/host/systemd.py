@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.errors import HostCommandError
+from agent.errors import HostCommandError, HostCommandMissing
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 
@@ -30,7 +30,7 @@ def unit_state(runner: HostRunner, unit: str, *, timeout: float) -> str:
     """The unit's `systemctl is-active` word; exit 3 (inactive) is an answer, not an error."""
     try:
         result = runner.run(["systemctl", "is-active", unit], check=False, timeout=timeout)
-    except HostCommandError as exc:
+    except (HostCommandError, HostCommandMissing) as exc:
         return f"unknown ({exc.message})"
     words = result.stdout.split()
     return words[0] if words else f"unknown (exit {result.returncode})"

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from agent.errors import HostCommandMissing
+
 _KEEP_HOST_CC = SimpleNamespace(cc=None, changed=False)
 
 
@@ -45,7 +47,10 @@ class Kit:
 
 def host_dmesg(runner: Any) -> str:
     """The host's kernel log; empty when it cannot be read (only a hint, never fatal)."""
-    result = runner.run(["dmesg"], check=False, timeout=30)
+    try:
+        result = runner.run(["dmesg"], check=False, timeout=30)
+    except HostCommandMissing:
+        return ""
     return result.stdout if result.ok else ""
 
 

@@ -15,6 +15,7 @@ from agent.driver.record import InstallRecord, read_record, write_record
 from agent.errors import (
     AgentError,
     DownloadError,
+    HostCommandMissing,
     InstallError,
     InstallerRunning,
     PreflightError,
@@ -74,6 +75,8 @@ class Flow:
                 changed = bool(action())
             except OSError as err:  # a host path the step could not use: its own exit code
                 raise step_file_error(name, err) from err
+            except HostCommandMissing as exc:  # a host command not installed: the same
+                raise exc.for_step(name, _STEP_ERRORS.get(name, InstallError)) from exc
         except AgentError as exc:
             log.error("step_failed", name=name, error=exc.line())
             self._tell("failed", name, None)

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import structlog
 
 from agent.catalog import known_bad_kernel
-from agent.errors import HostCommandError, PreflightError, last_lines
+from agent.errors import HostCommandError, HostCommandMissing, PreflightError, last_lines
 from agent.handoff import run_is_shared
 from agent.host.mounts import read_mountinfo
 from agent.host.paths import CACHE_DIR, MODULES_DIR
@@ -142,8 +142,8 @@ def secure_boot_state(root: HostRoot, runner: HostRunner) -> bool | None:
         return state
     try:
         result = runner.run(["mokutil", "--sb-state"], check=False, timeout=30)
-    except HostCommandError:
-        return None  # mokutil could not start
+    except (HostCommandError, HostCommandMissing):
+        return None  # mokutil is not installed, or could not start
     return secure_boot_from_mokutil(f"{result.stdout}\n{result.stderr}")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 
 from agent.driver.record import read_record, remove_record
-from agent.errors import AgentError, HostCommandError, InstallError
+from agent.errors import AgentError, HostCommandError, HostCommandMissing, InstallError
 from agent.host.paths import CACHE_DIR, SMI
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
@@ -131,7 +131,10 @@ def uninstall(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, 
         for name, action in steps:
             log.info("step_started", name=name)
             try:
-                changed = bool(action())
+                try:
+                    changed = bool(action())
+                except HostCommandMissing as exc:
+                    raise exc.for_step(name, InstallError) from exc
             except AgentError as exc:
                 log.error("step_failed", name=name, error=exc.line())
                 raise

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import HostCommandError, HostCommandTimeout, Terminated
+from agent.errors import HostCommandError, HostCommandMissing, HostCommandTimeout, Terminated
 from agent.host.runner import HostRunner
 from agent.signals import terminate_on_signals
 
@@ -52,9 +52,26 @@ def test_unchecked_failure_returns_the_result():
     assert HostRunner(pid=None).run(["false"], check=False).returncode == 1
 
 
-def test_missing_binary_is_a_host_command_error():
-    with pytest.raises(HostCommandError, match="could not start"):
-        HostRunner(pid=None).run(["/nonexistent/tool"])
+@pytest.mark.parametrize("check", [True, False])
+def test_missing_binary_is_named_whatever_check_says(check):
+    with pytest.raises(HostCommandMissing) as err:
+        HostRunner(pid=None).run(["grid-no-such-tool", "-x"], check=check)
+    assert err.value.command == "grid-no-such-tool"
+    assert err.value.message == ("`grid-no-such-tool` is not installed on the host "
+                                 "(needed for `grid-no-such-tool -x`)")
+
+
+def test_a_command_that_exits_127_itself_is_not_missing():
+    with pytest.raises(HostCommandError) as err:
+        HostRunner(pid=None).run(["sh", "-c", "exit 127"])
+    assert err.value.returncode == 127
+
+
+def test_no_nsenter_in_the_image_is_named():
+    runner = HostRunner(pid=1, nsenter="/nonexistent/nsenter")
+    with pytest.raises(HostCommandMissing, match=r"`/nonexistent/nsenter` is not installed "
+                                                 r"in the agent's image \(needed for `true`\)"):
+        runner.run(["true"])
 
 
 def test_timeout_kills_the_whole_process_group():
@@ -70,6 +87,21 @@ def test_real_nsenter_into_our_own_namespaces():
     result = runner.run(["sh", "-c", "echo $$; uname -n"])
     pid, node = result.stdout.split()
     assert int(pid) > 0 and node == os.uname().nodename
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="nsenter needs root")
+@pytest.mark.parametrize("check", [True, False])
+def test_a_command_not_on_the_hosts_path_through_nsenter_is_named(check):
+    # nsenter's own "failed to execute CMD: No such file or directory", exit 127.
+    with pytest.raises(HostCommandMissing) as err:
+        HostRunner(pid=os.getpid()).run(["grid-no-such-tool"], check=check)
+    assert err.value.command == "grid-no-such-tool"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="nsenter needs root")
+def test_through_nsenter_a_command_exiting_127_itself_is_an_answer():
+    result = HostRunner(pid=os.getpid()).run(["sh", "-c", "echo nope >&2; exit 127"], check=False)
+    assert (result.returncode, result.stderr) == (127, "nope\n")
 
 
 # -- SIGTERM/SIGINT while a host command runs (issue 12 item 5) --------------------------
