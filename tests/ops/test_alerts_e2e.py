@@ -18,7 +18,7 @@ import yaml
 
 from tests.e2e.healthrun import start_watch
 from tests.e2e.installrun import run_agent
-from tests.ops.prom import RULES, prometheus, promtool
+from tests.ops.prom import RULES, dashboard_exprs, grafana_substitute, prometheus, promtool
 
 pytestmark = [pytest.mark.ops, pytest.mark.e2e, pytest.mark.simnode]
 
@@ -79,6 +79,13 @@ def test_alerts_pend_fire_and_resolve_against_the_real_watch(simnode, catalog, t
                  lambda: prom.query('grid_agent_driver_ready{node="rtx-sim"} == 1'))
             time.sleep(4)  # longer than FOR: a healthy node fires nothing
             assert firing(prom) == set()
+            # Every dashboard query runs on the real server against the real scrape.
+            answers = {where: prom.query(grafana_substitute(expr))
+                       for where, expr in dashboard_exprs()}
+            ready = answers["panel 'Nodes ready' A"]
+            assert [r["value"][1] for r in ready] == ["1"], ready
+            assert answers["panel 'Licence state' A"][0]["metric"] == {"state": "licensed"}
+            assert answers["panel 'Last install duration' A"][0]["metric"] == {"node": NODE}
 
             simnode.set_scenarios("unlicensed")
             simnode.reboot()  # /run emptied: marker and mount gone; self-heal is off
