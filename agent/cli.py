@@ -166,8 +166,10 @@ def check_cmd(settings: Settings, as_json: bool) -> None:
 def watch_cmd(settings: Settings) -> None:
     """Health sidecar: re-check the driver, self-heal the hand-off, serve probes and metrics."""
     from agent.health.commands import watch_command
+    from agent.install.prebuild import watch_loop
 
-    watch_command(settings)
+    # Kernels installed but not running get the pinned driver built ahead of the reboot.
+    watch_command(settings, background=(lambda stop: watch_loop(settings, stop),))
 
 
 @cli.command("probe")

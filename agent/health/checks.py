@@ -206,6 +206,21 @@ def check_kernel(obs: Observation, cfg: HealthConfig) -> CheckResult:
     return _r("kernel", OK, f"kernel {release} is not a known-bad one", kernel_release=release)
 
 
+def check_prebuild(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    """A failed prebuild for an installed kernel warns: its reboot would rebuild at boot."""
+    failed = {rel: e for rel, e in obs.prebuilds.items() if e.get("outcome") == "failed"}
+    built = sorted(rel for rel, e in obs.prebuilds.items() if e.get("outcome") == "built"
+                   and rel != obs.kernel_release)
+    if failed:
+        rel, entry = sorted(failed.items())[0]
+        return _r("prebuild", WARN, f"driver prebuild for kernel {rel} failed: "
+                  f"{entry.get('error') or 'no reason recorded'} (a reboot into it rebuilds "
+                  "at boot)", failed=sorted(failed), built=built)
+    if built:
+        return _r("prebuild", OK, f"driver prebuilt for {', '.join(built)}", built=built)
+    return _r("prebuild", OK, "no other kernel to prebuild for")
+
+
 def check_host_branch(obs: Observation, cfg: HealthConfig) -> CheckResult:
     level, why = judge_guest(cfg.module_version, obs.host_vgpu)
     if level == UNKNOWN:
@@ -230,7 +245,7 @@ def check_handoff(obs: Observation, cfg: HealthConfig) -> CheckResult:
 CHECKS: tuple[Callable[[Observation, HealthConfig], CheckResult], ...] = (
     check_driver_loaded, check_module_type, check_nvidia_smi, check_gpus, check_virtualization,
     check_profile, check_license, check_mig, check_gridd, check_persistence, check_graphics,
-    check_kernel, check_host_branch, check_handoff,
+    check_kernel, check_prebuild, check_host_branch, check_handoff,
 )
 
 

@@ -80,8 +80,13 @@ def _on_signals(stop: threading.Event) -> None:
 
 def watch_command(settings: Settings, *, health: Health | None = None,
                   healer: Healer | None = None, max_cycles: int | None = None,
-                  install_signals: bool = True) -> Monitor:
-    """The sidecar loop; SIGTERM ends it (never unloading or unmounting anything)."""
+                  install_signals: bool = True,
+                  background: Sequence[Callable[[threading.Event], None]] = ()) -> Monitor:
+    """The sidecar loop; SIGTERM ends it (never unloading or unmounting anything).
+
+    `background`: loops run in daemon threads until the same stop (the prebuild watcher,
+    composed by the CLI: health never imports install).
+    """
     from agent.health.server import HealthApp, HealthServer
 
     health = health or build_health(settings)
@@ -92,6 +97,9 @@ def watch_command(settings: Settings, *, health: Health | None = None,
                       verdict_file=settings.verdict_file)
     if install_signals:
         _on_signals(monitor.stop)
+    for loop in background:
+        threading.Thread(target=loop, args=(monitor.stop,), name="grid-agent-background",
+                         daemon=True).start()
     # A probe must not wait out the default 5 ms GIL slice of a check thread parsing XML.
     sys.setswitchinterval(0.0005)
     server = None

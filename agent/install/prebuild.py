@@ -24,7 +24,9 @@ a failure is logged and recorded, never fatal.
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ import structlog
 
 from agent.driver.record import InstallRecord, read_prebuilds, read_record
 from agent.driver.sections import write_section
-from agent.errors import AgentError, HostCommandError
+from agent.errors import AgentError, HostCommandError, LockHeldError
 from agent.host.paths import MODULES_DIR
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
@@ -286,3 +288,49 @@ def after_install(flow: Any) -> bool:
     except (AgentError, OSError) as exc:  # a prebuild never fails the install
         log.warning("prebuild_failed", error=str(exc))
         return False
+
+
+def watch_tick(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit) -> list[str]:
+    """One `watch` cycle's look: file reads only, unless a kernel needs a build; then one
+    build, under the host lock taken without waiting (an install in progress wins)."""
+    from agent.install.pin import resolve_pin
+    from agent.pci import detect
+
+    if not detect(kit.scan_pci(), settings.target_spec).is_target_node:
+        return []
+    builder = Prebuilder(settings, root, runner, kit, resolve_pin(settings, kit))
+    record = builder.installed()
+    if record is None or not builder.wanted(record.kernel_release):
+        return []
+    try:
+        with kit.lock(root, wait=False):
+            return builder.run_pending(record.kernel_release, limit=1)
+    except LockHeldError as exc:
+        log.info("prebuild_deferred", reason=exc.message)
+        return []
+
+
+def watch_loop(settings: Settings, stop: threading.Event, *, kit: Kit | None = None,
+               interval: float | None = None) -> None:
+    """The sidecar's prebuild thread: a look every cycle, one build at a time, niced."""
+    from agent.host import open_doors
+    from agent.install.kit import real_kit
+
+    root, runner = open_doors(settings)
+    kit = kit or real_kit()
+    _lower_priority()
+    every = settings.watch_interval if interval is None else interval
+    while not stop.is_set():
+        try:
+            watch_tick(settings, root, runner, kit)
+        except Exception as exc:  # the loop outlives any one bad cycle; the log says why
+            log.exception("prebuild_cycle_crashed", error=repr(exc))
+        stop.wait(every)
+
+
+def _lower_priority() -> None:
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
+    except OSError as exc:  # best effort: a seccomp profile may forbid it
+        log.debug("prebuild_priority_unchanged", error=exc.strerror)

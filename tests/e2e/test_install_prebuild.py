@@ -5,9 +5,13 @@ The second kernel is real: Debian's cloud flavour of the machine's kernel ABI
 (`linux-headers-cloud-amd64`), so kbuild builds real modules with its vermagic.
 """
 
+import fcntl
+import os
+
 import pytest
 
 from agent.handoff import MARKER_CONTENT
+from tests.e2e.healthrun import start_watch
 from tests.e2e.installrun import MARKER, host_text, kill_at_step, record, run_agent
 from tests.simnode.host import second_kernel_release
 
@@ -134,4 +138,27 @@ def test_killed_during_a_prebuild_leaves_the_driver_and_converges(simnode, catal
     rerun = install(simnode, catalog)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert record(simnode)["prebuilds"][next_kernel]["outcome"] == "built"
+    assert running_driver(simnode) == before
+
+
+def test_watch_prebuilds_a_new_kernel_but_never_under_someone_elses_lock(simnode, catalog,
+                                                                       next_kernel, tmp_path):
+    assert install(simnode, catalog).returncode == 0
+    before = running_driver(simnode)
+    lock = simnode.path("/run/grid-agent/lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # an install (or a debug-node run) is in progress
+    watch = start_watch(simnode, catalog, tmp_path)
+    try:
+        simnode.install_kernel(next_kernel)
+        watch.wait_event("prebuild_deferred", timeout=60)
+        assert not watch.named("prebuild_started")
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        watch.wait_event("prebuild_finished", timeout=120, kernel_release=next_kernel)
+        assert record(simnode)["prebuilds"][next_kernel]["outcome"] == "built"
+        watch.wait_event("health_verdict", count=len(watch.named("health_verdict")) + 1)
+        assert len(watch.named("prebuild_started")) == 1  # built once, not every cycle
+    finally:
+        os.close(fd)
+        assert watch.stop() == 0
     assert running_driver(simnode) == before

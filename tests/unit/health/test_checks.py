@@ -1,5 +1,6 @@
 """Every check against a fake node on disk: healthy, and each way a node goes wrong."""
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -44,8 +45,8 @@ def test_healthy_node(node):
     assert {c.name: c.status for c in verdict.checks} == {
         "driver_loaded": "ok", "module_type": "ok", "nvidia_smi": "ok", "gpus": "ok",
         "virtualization": "ok", "profile": "ok", "license": "ok", "mig": "ok", "gridd": "ok",
-        "persistence": "ok", "graphics": "ok", "kernel": "skip", "host_branch": "skip",
-        "handoff": "ok"}
+        "persistence": "ok", "graphics": "ok", "kernel": "skip", "prebuild": "ok",
+        "host_branch": "skip", "handoff": "ok"}
     assert driver_healthy(verdict.checks)
     assert verdict.facts["driver_version"] == "580.105.08"
     gpu = verdict.facts["gpus"][0]
@@ -348,3 +349,18 @@ def test_host_branch_from_config_space(node):
     assert status(verdict_of(node), "host_branch")[0] == "ok"
     put_vgpu(root, config_space(records=host_record("610.10", "R610")))
     assert status(verdict_of(node), "host_branch")[0] == "skip"
+
+
+def test_a_failed_prebuild_warns_and_a_built_one_is_named(node):
+    root, _host = node
+    state = root / "var/lib/grid-agent/state.json"
+    data = json.loads(state.read_text())
+    data["prebuilds"] = {"6.8.0-1020-azure": {"outcome": "built", "error": ""}}
+    state.write_text(json.dumps(data))
+    assert status(verdict_of(node), "prebuild") == ("ok", "driver prebuilt for 6.8.0-1020-azure")
+    data["prebuilds"]["6.8.0-1021-azure"] = {"outcome": "failed", "error": "gcc-13: not found"}
+    state.write_text(json.dumps(data))
+    verdict = verdict_of(node)
+    state_, reason = status(verdict, "prebuild")
+    assert state_ == "warn" and "6.8.0-1021-azure failed: gcc-13: not found" in reason
+    assert verdict.ready  # a warning: the running driver is fine
