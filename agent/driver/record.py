@@ -141,12 +141,7 @@ def write_record(root: HostRoot, record: InstallRecord) -> None:
 
 
 def _other_sections(root: HostRoot) -> dict[str, Any]:
-    try:
-        data = json.loads(root.read_text(RECORD_PATH) or "{}")
-    except ValueError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
+    data = read_state(root) or {}
     return {key: data[key] for key in OTHER_SECTIONS if key in data}
 
 

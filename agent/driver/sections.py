@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from agent.driver import record
 from agent.host.files import write_atomic
 from agent.host.paths import RECORD as RECORD_PATH
 from agent.host.root import HostRoot
@@ -19,15 +20,9 @@ log = structlog.get_logger(__name__)
 
 
 def read_state(root: HostRoot) -> dict[str, Any]:
-    """The whole state.json as a dict; {} when absent or unreadable."""
-    text = root.read_text(RECORD_PATH)
-    if not text:
-        return {}
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+    """The whole state.json as a dict; {} when absent or not a sane file (a FIFO, too big,
+    too deeply nested: agent/driver/record.py's one safe read)."""
+    return record.read_state(root) or {}
 
 
 def read_section(root: HostRoot, key: str) -> Any:

@@ -38,3 +38,21 @@ def test_a_full_disk_under_the_state_directory(simnode, catalog):
     finally:
         simnode.exec(["umount", "/var/lib/grid-agent"], check=False)
     assert run_agent(simnode.agent_args(), catalog, "install").returncode == 0
+
+
+@pytest.mark.parametrize("hostile", [
+    "mkfifo /var/lib/grid-agent/state.json",
+    "python3 -c 'print(\"[\" * 300000)' > /var/lib/grid-agent/state.json",
+    "echo '{\"exit_code\": \"0\", \"outcome\": 5}' > /var/lib/grid-agent/state.json",
+])
+def test_a_hostile_state_json_is_no_record(simnode, catalog, hostile):
+    simnode.exec(["sh", "-c", f"mkdir -p /var/lib/grid-agent && rm -f "
+                  f"/var/lib/grid-agent/state.json && {hostile}"])
+    run = run_agent(simnode.agent_args(), catalog, "install", timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.named("install_record_unreadable")
+    check = run_agent(simnode.agent_args(), catalog, "check")
+    assert check.returncode == 0 and "Traceback" not in check.stderr
+    simnode.exec(["sh", "-c", f"rm -f /var/lib/grid-agent/state.json && {hostile}"])
+    gone = run_agent(simnode.agent_args(), catalog, "uninstall")
+    assert gone.returncode == 0, gone.stderr[-3000:]

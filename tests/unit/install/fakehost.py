@@ -11,6 +11,7 @@ from agent.host.root import HostRoot
 from agent.install import installer as inst
 from agent.install.kit import Kit
 from agent.pci import PciDevice
+from agent.redact import redact_url
 from agent.settings import build_settings
 
 TARGET = PciDevice("0000:00:02.0", 0x10DE, 0x2BB5, 0x1414, 0x2187, 0x030200, None)
@@ -31,7 +32,7 @@ class Release:
 
     @property
     def shown_url(self) -> str:
-        return self.url
+        return redact_url(self.url)
 
     @property
     def filename(self) -> str:

@@ -69,3 +69,31 @@ def test_fetch_refuses_plain_http_without_the_opt_in(mirror, http_server, term, 
     assert run_cli(mirror, env) == 2
     assert "GRID_AGENT_ALLOW_HTTP_MIRROR" in path.read_text()
     assert http_server.count() == 0
+
+
+# -- secrets in the URL never reach logs or the termination message (issue 12 item 8) ---
+
+
+def secret_url(http_server):
+    base = http_server.url(f"/m/{NAME}")
+    return base.replace("http://", "http://agent:hunter2@") + "?sv=2024&sig=SASSECRET"
+
+
+@pytest.mark.parametrize("fault", [None, Reply.status(404), Reply.status(503), "refused"])
+def test_no_secret_in_logs_or_termination_message(mirror, http_server, term, monkeypatch,
+                                                  capfd, fault):
+    path, env = term
+    url = secret_url(http_server)
+    if fault == "refused":
+        url = url.replace(str(http_server.server_address[1]), "1")  # nothing listens there
+        monkeypatch.setenv("GRID_AGENT_DOWNLOAD_ATTEMPTS", "1")
+    elif fault is not None:
+        http_server.plan(f"/m/{NAME}", *[fault] * 6)
+        monkeypatch.setenv("GRID_AGENT_DOWNLOAD_ATTEMPTS", "1")
+    monkeypatch.setenv("GRID_AGENT_DRIVER_URL", url)
+    code = run_cli(mirror, env)
+    out, err = capfd.readouterr()
+    assert code == (0 if fault is None else 5), err[-2000:]
+    text = out + err + (path.read_text() if path.exists() else "")
+    assert "hunter2" not in text and "SASSECRET" not in text, text[-2000:]
+    assert "http://***@127.0.0.1" in err  # download_started names the host, not the secrets

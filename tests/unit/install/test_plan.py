@@ -63,3 +63,12 @@ def test_preflight_names_the_host_vgpu_manager_and_a_known_bad_kernel(node):
     why = plan(node)["preflight"].why
     assert "host vGPU manager 595.58.02: pin behind" in why
     assert "kernel 6.11.0-1018-azure known bad (downgrade the kernel to 6.8" in why
+
+
+def test_the_download_line_shows_no_secret(node):
+    from tests.unit.install.fakehost import Release
+
+    node.release = Release(url="https://agent:hunter2@mirror.example/d/x.run?sig=SASSECRET")
+    text = format_plan(list(plan(node).values()))
+    assert "https://***@mirror.example/d/x.run?***" in text
+    assert "hunter2" not in text and "SASSECRET" not in text
