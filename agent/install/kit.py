@@ -43,6 +43,9 @@ class Kit:
     # (root, runner, kernel_release, *, lock_wait) -> CompilerChoice; the default keeps
     # the host's compiler (fakes that build nothing need not say).
     ensure_compiler: Callable[..., Any] = field(default=lambda *a, **k: _KEEP_HOST_CC)
+    # (root, runner, pin_version, *, lock_wait) -> bool: another NVIDIA driver
+    # removed (foreign.py); the default finds none.
+    remove_foreign: Callable[..., bool] = field(default=lambda *a, **k: False)
 
 
 def host_dmesg(runner: Any) -> str:
@@ -68,7 +71,15 @@ def real_kit() -> Kit:
     from agent.driver.state import module_refcnt, read_module_state
     from agent.host.lock import host_lock
     from agent.host.udev import scan_pci
-    from agent.install import installer, licensing, modules, nouveau, packages, preflight
+    from agent.install import (
+        foreign,
+        installer,
+        licensing,
+        modules,
+        nouveau,
+        packages,
+        preflight,
+    )
     from agent.install.verify import verify_driver
 
     return Kit(
@@ -86,4 +97,5 @@ def real_kit() -> Kit:
         ensure_gridd_running=licensing.ensure_gridd_running, verify=verify_driver,
         publish=handoff.publish, remove_marker=handoff.remove_marker,
         unpublish=handoff.unpublish, ensure_compiler=packages.ensure_compiler,
+        remove_foreign=foreign.remove_foreign_driver,
     )

@@ -161,11 +161,15 @@ class Flow:
         # From here on the driver may change: withdraw the hand-off first, so no operator
         # pod trusts a marker while verification of the new driver has not passed.
         withdrawn = self.kit.remove_marker(self.root)
+        # Another NVIDIA driver installation (packages, DKMS): removed when unused, else
+        # exit 6 naming it (foreign.py).
+        foreign = self.kit.remove_foreign(self.root, self.runner, self.pin.module_version,
+                                          lock_wait=self.settings.dpkg_lock_wait)
         # The installer cannot replace a loaded module, even one of the same version (a
         # module type change, a rebuild): then no loaded version is wanted ("").
         want = "" if self.install_reason else self.pin.module_version
         unloaded = self.kit.unload_stale(self.root, self.runner, want_version=want)
-        return withdrawn or unloaded
+        return withdrawn or foreign or unloaded
 
     def do_nouveau(self) -> bool:
         outcome = self.kit.ensure_nouveau_disabled(self.root, self.runner)

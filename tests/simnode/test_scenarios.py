@@ -49,7 +49,7 @@ def test_every_contract_scenario_is_known():
                 "no-gridd-unit"}
     assert contract <= set(SCENARIOS)
     assert set(SCENARIOS) - contract == {"requires-open-loads", "recommend-unavailable",
-                                         "host-gcc-11"}
+                                         "host-gcc-11", "foreign-cuda-driver", "installer-slow"}
 
 
 def test_healthy_reports_a_licensed_vgpu_with_mig(driven):

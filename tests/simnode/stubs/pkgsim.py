@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import foreignsim
 import gccsim
 import simlib as s
 
@@ -185,6 +186,8 @@ def apt_get(args: list[str]) -> None:
         apt_update()
     elif verb == "install":
         apt_install(pkgs)
+    elif verb in ("purge", "remove"):
+        apt_purge(pkgs)
     else:
         s.die(f"E: Invalid operation {verb} (simulated node)", 100)
 
@@ -225,6 +228,16 @@ def apt_install(pkgs: list[str]) -> None:
             Path("/usr/sbin/dkms").symlink_to("/usr/local/lib/grid-sim/stub")
         elif gccsim.installable(pkg):
             gccsim.install(pkg)
+
+
+def apt_purge(pkgs: list[str]) -> None:
+    print("Reading package lists...\nBuilding dependency tree...\nReading state information...")
+    for pkg in pkgs:
+        if foreignsim.purge(pkg):
+            print(f"Removing {pkg} ({foreignsim.DEB_VERSION}) ...\nPurging configuration files "
+                  f"for {pkg} ({foreignsim.DEB_VERSION}) ...")
+        else:
+            print(f"Package '{pkg}' is not installed, so not removed")
 
 
 def dpkg_query(args: list[str]) -> None:

@@ -155,7 +155,8 @@ def module_file(name: str, release: str | None = None) -> Path | None:
     if not base.is_dir():
         return None
     wanted = {f"{norm(name)}.ko", f"{name.replace('_', '-')}.ko"}
-    for path in sorted(base.rglob("*.ko")):
+    # depmod's search order: updates/ (where DKMS puts its builds) before the rest.
+    for path in sorted(base.rglob("*.ko"), key=lambda p: ("/updates/" not in str(p), str(p))):
         if path.name in wanted:
             return path
     return None
