@@ -36,6 +36,7 @@ from agent.vgpu import HostVgpuFacts, host_vgpu_facts
 log = structlog.get_logger(__name__)
 
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+_REPORT = "grid_agent.report_failure"
 
 
 def _help(field: str) -> str:
@@ -59,6 +60,8 @@ def cli(ctx: click.Context, **flags: object) -> None:
     agent_log.configure(settings.log_format, settings.log_level)
     for env, replacement in retired_in(os.environ):
         log.warning("setting_retired", variable=env, ignored=True, use=replacement)
+    if callable(ctx.obj):  # run_cli's termination writer, for steps that fail under the lock
+        ctx.meta[_REPORT] = ctx.obj
     ctx.obj = settings
 
 
@@ -117,7 +120,8 @@ def install_cmd(settings: Settings, wait_lock: bool | None, dry_run: bool) -> No
     """Converge the node to the pinned GRID driver and hand it to the GPU Operator."""
     from agent.install.commands import install_command
 
-    install_command(settings, wait_lock=wait_lock, dry_run=dry_run, echo=click.echo)
+    install_command(settings, wait_lock=wait_lock, dry_run=dry_run, echo=click.echo,
+                    on_failure=click.get_current_context().meta.get(_REPORT))
 
 
 @cli.command("run")
@@ -199,6 +203,8 @@ def _write_termination(message: str, environ: Mapping[str, str]) -> None:
         path.write_text(redact_text(message, secret) + "\n", encoding="utf-8")
     except OSError as exc:
         log.warning("termination_log_unwritable", path=str(path), error=exc.strerror)
+        return
+    log.debug("termination_message_written", path=str(path))
 
 
 def run_cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -209,7 +215,8 @@ def run_cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None
     try:
         with terminate_on_signals():
             try:
-                rv = cli.main(args=args, prog_name="grid-agent", standalone_mode=False)
+                rv = cli.main(args=args, prog_name="grid-agent", standalone_mode=False,
+                              obj=lambda exc: _write_termination(exc.line(), environ))
             except OSError as exc:  # a host file the step did not classify: not a bug
                 raise host_file_error(_command_of(args), exc) from exc
     except AgentError as exc:

@@ -335,8 +335,13 @@ def gate(settings: Settings, kit: Kit) -> str | None:
 
 
 def install(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, *,
-            progress: Progress | None = None) -> Outcome:
-    """Converge the node; raise the step's AgentError (recorded in state.json) on failure."""
+            progress: Progress | None = None,
+            on_failure: Callable[[AgentError], None] | None = None) -> Outcome:
+    """Converge the node; raise the step's AgentError (recorded in state.json) on failure.
+
+    `on_failure` (the CLI's termination message) runs after the record, before the lock
+    is let go: whoever takes the lock next finds both written.
+    """
     why = gate(settings, kit)
     if why is not None:
         log.info("not_a_target_node", reason=why, changed=False)
@@ -350,6 +355,8 @@ def install(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, *,
             return _converge(flow)
         except AgentError as exc:
             _record_failure(flow, exc)
+            if on_failure is not None:
+                on_failure(exc)
             raise
 
 

@@ -52,7 +52,7 @@ def test_sigterm_mid_installer_stops_it_records_the_failure_and_a_rerun_converge
         simnode, catalog, tmp_path):
     simnode.set_scenarios("healthy", "installer-slow")
     term = tmp_path / "termination-log"
-    env = {**catalog, "GRID_AGENT_TERMINATION_LOG": str(term)}
+    env = {**catalog, "GRID_AGENT_TERMINATION_LOG": str(term), "GRID_AGENT_LOG_LEVEL": "debug"}
     proc = start_install(simnode, env)
     try:
         lines = wait_for_installer(simnode, proc)
@@ -71,9 +71,11 @@ def test_sigterm_mid_installer_stops_it_records_the_failure_and_a_rerun_converge
     assert "stopped by SIGTERM" in term.read_text()
     assert [e["name"] for e in events if e.get("event") == "step_failed"] == ["installer"]
     assert host_text(simnode, MARKER) is None
-    # The order the lock guarantees: the record was written before the lock was let go.
+    # Under the lock (command_failed is logged after it is let go): the record, then the
+    # termination message; a second agent waiting for the lock finds both.
     names = [e.get("event") for e in events]
-    assert names.index("install_recorded") < names.index("command_failed")
+    assert (names.index("install_recorded") < names.index("termination_message_written")
+            < names.index("command_failed"))
 
     simnode.set_scenarios("healthy")
     rerun = run_agent(simnode.agent_args(), catalog, "install")

@@ -250,3 +250,27 @@ def test_the_kernels_compiler_reaches_the_installer(node):
     assert seen == ["gcc-12"]
     finished = {e["name"]: e["changed"] for e in logs if e["event"] == "step_finished"}
     assert finished["packages"] is True
+
+
+def test_a_failure_is_recorded_then_reported_before_the_lock_is_let_go(node):
+    import contextlib
+    import dataclasses
+
+    seen = []
+
+    @contextlib.contextmanager
+    def lock(root, *, wait, timeout=None):
+        seen.append("locked")
+        try:
+            yield
+        finally:
+            seen.append("released")
+
+    def report(exc):
+        seen.append(("report", exc.exit_code, read_record(node.root).outcome))
+
+    kit = dataclasses.replace(node.kit(), lock=lock)
+    node.preflight_error = "Secure Boot is enabled"
+    with pytest.raises(PreflightError):
+        pipeline.install(settings(), node.root, object(), kit, on_failure=report)
+    assert seen == ["locked", ("report", 4, "failed"), "released"]
