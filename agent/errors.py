@@ -144,3 +144,10 @@ def last_lines(text: str, count: int) -> str:
     """The last non-empty lines of a command's output, joined for one log line."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return " | ".join(lines[-count:])
+
+
+class UnsafeHostPath(InstallError):
+    """An agent-owned host path is a link, not root's, or writable by others (issue 12).
+
+    Exit 6 by default; a step of another class (download, lock) re-raises it as its own.
+    """

@@ -84,7 +84,7 @@ def _ensure_mount(root: HostRoot, runner: HostRunner) -> bool:
 
 
 def _ensure_marker(root: HostRoot) -> bool:
-    return write_if_changed(root.path(MARKER), MARKER_CONTENT)
+    return write_if_changed(root, MARKER, MARKER_CONTENT)
 
 
 def publish(root: HostRoot, runner: HostRunner) -> bool:
@@ -98,10 +98,11 @@ def publish(root: HostRoot, runner: HostRunner) -> bool:
 
 def remove_marker(root: HostRoot) -> bool:
     """Withdraw the marker so no new operator pod trusts a driver that is gone."""
-    path = root.path(MARKER)
-    if not path.exists():
+    try:
+        if not root.unlink(MARKER):
+            return False
+    except FileNotFoundError:  # no validations directory at all
         return False
-    path.unlink()
     log.info("handoff_marker_removed", path=MARKER)
     return True
 

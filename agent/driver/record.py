@@ -12,7 +12,6 @@ from typing import Any
 
 import structlog
 
-from agent.host.files import write_atomic
 from agent.host.paths import RECORD as RECORD_PATH
 from agent.host.root import HostRoot
 
@@ -137,7 +136,7 @@ def write_record(root: HostRoot, record: InstallRecord) -> None:
     kept = _other_sections(root)
     if kept:
         text = json.dumps({**json.loads(text), **kept}, indent=2, sort_keys=True) + "\n"
-    write_atomic(root.path(RECORD_PATH), text)
+    root.write_file(RECORD_PATH, text, mode=0o644)
 
 
 def _other_sections(root: HostRoot) -> dict[str, Any]:
@@ -146,8 +145,7 @@ def _other_sections(root: HostRoot) -> dict[str, Any]:
 
 
 def remove_record(root: HostRoot) -> bool:
-    path = root.path(RECORD_PATH)
-    if not path.exists():
+    try:
+        return root.unlink(RECORD_PATH)
+    except FileNotFoundError:  # no /var/lib/grid-agent at all
         return False
-    path.unlink()
-    return True

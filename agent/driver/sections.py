@@ -12,7 +12,6 @@ from typing import Any
 import structlog
 
 from agent.driver import record
-from agent.host.files import write_atomic
 from agent.host.paths import RECORD as RECORD_PATH
 from agent.host.root import HostRoot
 
@@ -39,4 +38,4 @@ def write_section(root: HostRoot, key: str, value: Any) -> None:
     else:
         data[key] = value
     data.setdefault("schema", 1)
-    write_atomic(root.path(RECORD_PATH), json.dumps(data, indent=2, sort_keys=True) + "\n")
+    root.write_file(RECORD_PATH, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o644)

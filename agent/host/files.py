@@ -6,6 +6,10 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.host.root import HostRoot
 
 
 def write_atomic(path: Path, data: str | bytes, *, mode: int = 0o644) -> None:
@@ -27,14 +31,14 @@ def write_atomic(path: Path, data: str | bytes, *, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
-def write_if_changed(path: Path, text: str) -> bool:
-    """Write atomically only when the content differs; True when it wrote (changed)."""
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return False
-    except (OSError, UnicodeDecodeError):
-        pass
-    write_atomic(path, text)
+def write_if_changed(root: HostRoot, host_path: str, text: str, *, mode: int = 0o644) -> bool:
+    """Write atomically through HostRoot only when the content differs; True when it wrote.
+
+    A link there is never read through: it counts as different and is replaced.
+    """
+    if root.read_nofollow(host_path) == text.encode():
+        return False
+    root.write_file(host_path, text, mode=mode)
     return True
 
 

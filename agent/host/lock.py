@@ -44,10 +44,12 @@ def _acquire(fd: int, *, wait: bool, timeout: float | None) -> None:
 
 @contextlib.contextmanager
 def host_lock(root: HostRoot, *, wait: bool, timeout: float | None = None) -> Iterator[None]:
-    """Hold flock on the host's lock file; raise LockHeldError (exit 8) unless `wait`."""
-    path = root.path(LOCK_PATH)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """Hold flock on the host's lock file; raise LockHeldError (exit 8) unless `wait`.
+
+    Opened through HostRoot: a lock that is a link (to a host file it would truncate), or
+    is not root's, is refused (UnsafeHostPath), never followed.
+    """
+    fd = root.open_file(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         _acquire(fd, wait=wait, timeout=timeout)
         os.ftruncate(fd, 0)

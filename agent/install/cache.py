@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import structlog
 
-from agent.errors import DownloadError
+from agent.errors import DownloadError, UnsafeHostPath
 from agent.host.files import fsync_dir
 from agent.host.paths import CACHE_DIR
 from agent.host.root import HostRoot
@@ -26,32 +26,46 @@ STALE_PART_SECONDS = 3600  # a temp file this old belongs to a crashed run
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def cache_dir(root: HostRoot) -> Path:
-    return root.path(CACHE_DIR)
+def cache_dir(root: HostRoot, *, create: bool = True) -> Path:
+    """The checked cache directory (root's, 0700 when new, no link); exit 5 when unsafe."""
+    try:
+        return root.real_dir(CACHE_DIR, create=create)
+    except UnsafeHostPath as exc:
+        raise DownloadError(exc.message, remedy=exc.remedy) from None
 
 
 def cached_path(root: HostRoot, sha256: str, filename: str) -> Path:
-    return cache_dir(root) / sha256 / filename
+    """Where the entry would be (lexical: for plans and messages, never for writes)."""
+    return root.path(f"{CACHE_DIR}/{sha256}/{filename}")
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
+        return _digest(handle, chunk)
+
+
+def _digest(handle: BinaryIO, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    while block := handle.read(chunk):
+        digest.update(block)
     return digest.hexdigest()
 
 
 def lookup(root: HostRoot, sha256: str, filename: str) -> Path | None:
     """The cached file if its bytes still hash to its key; a corrupt entry is removed."""
-    path = cached_path(root, sha256, filename)
-    if not path.is_file():
+    host_path = f"{CACHE_DIR}/{sha256}/{filename}"
+    try:
+        fd = root.open_file(host_path, os.O_RDONLY)  # no link, root's, regular
+    except UnsafeHostPath as exc:
+        raise DownloadError(exc.message, remedy=exc.remedy) from None
+    except OSError:
         return None
-    got = file_sha256(path)
+    with os.fdopen(fd, "rb") as handle:
+        got = _digest(handle)
     if got == sha256:
-        return path
-    log.warning("cache_entry_corrupt", path=str(path), expected=sha256, got=got)
-    path.unlink(missing_ok=True)
+        return cached_path(root, sha256, filename)
+    log.warning("cache_entry_corrupt", path=host_path, expected=sha256, got=got)
+    root.unlink(host_path)
     return None
 
 
@@ -86,16 +100,17 @@ def no_space_error(exc: OSError, directory: Path) -> DownloadError | None:
 
 
 def open_part(directory: Path, filename: str) -> tuple[BinaryIO, Path]:
-    """A fresh temp file in the cache directory, so the final rename stays on one filesystem."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """A fresh temp file in the (checked) cache directory: the final rename stays on one FS."""
     fd, name = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".part")
     return os.fdopen(fd, "w+b"), Path(name)
 
 
 def land(part: Path, root: HostRoot, sha256: str, filename: str) -> Path:
     """Move a verified temp file to its key; a rename, so readers never see a torn file."""
-    final = cached_path(root, sha256, filename)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final = root.real_dir(f"{CACHE_DIR}/{sha256}", create=True) / filename
+    except UnsafeHostPath as exc:
+        raise DownloadError(exc.message, remedy=exc.remedy) from None
     part.chmod(0o644)
     part.replace(final)
     for directory in (final.parent, part.parent):

@@ -397,11 +397,11 @@ def ensure_installer(release: Release, root: HostRoot, *, session: requests.Sess
         if image_dir is not None and (hit := baked.adopt(release, root, image_dir)):
             return hit
     opts = options or DownloadOptions()
-    directory = cache.cache_dir(root)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = cache.cache_dir(root, create=True)
     except OSError as exc:
-        raise DownloadError(f"cannot create the installer cache {directory}: {exc}") from None
+        raise DownloadError(f"cannot create the installer cache {cache.CACHE_DIR}: "
+                            f"{exc.strerror or exc}") from None
     cache.sweep_stale_parts(directory)
     if release.size is not None:
         cache.check_space(directory, release.size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 import structlog
 
@@ -13,6 +14,7 @@ from agent.host.paths import INSTALLER_LOG
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.install.compiler import installer_env
+from agent.install.staging import verified_copy
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +90,8 @@ def parse_recommendation(stdout: str) -> str | None:
     return lines[-1] if lines else None
 
 
-def recommended_module_type(runner: HostRunner, run_path: str, *, timeout: float) -> str | None:
+def recommended_module_type(root: HostRoot, runner: HostRunner, run_path: str, *,
+                            timeout: float) -> str | None:
     """Ask the installer, as the GPU Operator's `auto` does; None when it cannot answer.
 
     `sh <.run> --print-recommended-kernel-module-type` extracts the archive, scans the
@@ -96,8 +99,9 @@ def recommended_module_type(runner: HostRunner, run_path: str, *, timeout: float
     exit 1, as does one that cannot determine a type: then the branch rule decides.
     """
     try:
-        result = runner.run(["sh", run_path, "--print-recommended-kernel-module-type"],
-                            timeout=timeout)
+        with verified_copy(root, run_path) as private:
+            result = runner.run(["sh", private, "--print-recommended-kernel-module-type"],
+                                timeout=timeout)
     except HostCommandError as exc:
         log.warning("module_type_unrecommended", reason=exc.message,
                     then="the driver branch decides (open from 560)")
@@ -126,21 +130,21 @@ class InstallerFailed(InstallError):
 
 def _set_aside_old_log(root: HostRoot) -> None:
     # So the ERROR lines we surface are this run's, not a previous attempt's.
-    path = root.path(INSTALLER_LOG)
-    if path.exists():
-        path.replace(path.with_name(path.name + ".old"))
+    root.rename(INSTALLER_LOG, PurePosixPath(INSTALLER_LOG).name + ".old")
 
 
 def run_installer(root: HostRoot, runner: HostRunner, run_path: str, module_type: str, *,
                   timeout: float, cc: str | None = None) -> None:
-    """Run the `.run` by its host path; raise InstallerFailed with its last ERROR lines.
+    """Run a verified private copy of the cached `.run`; InstallerFailed with its ERROR lines.
 
     `cc`: the kernel's own compiler when the host's default differs (compiler.py)."""
-    argv = installer_argv(run_path, module_type, dkms=root.which("dkms") is not None)
     _set_aside_old_log(root)
-    log.info("installer_started", argv=argv, module_type=module_type, cc=cc)
     try:
-        result = runner.run(argv, timeout=timeout, env=installer_env(cc))
+        with verified_copy(root, run_path) as private:
+            argv = installer_argv(private, module_type, dkms=root.which("dkms") is not None)
+            log.info("installer_started", argv=argv, module_type=module_type, cc=cc,
+                     cached=run_path)
+            result = runner.run(argv, timeout=timeout, env=installer_env(cc))
     except HostCommandError as exc:
         text = root.read_text(INSTALLER_LOG, "") or ""
         errors = error_lines(text) or error_lines(exc.stdout + "\n" + exc.stderr)

@@ -29,7 +29,7 @@ class Kit:
     ensure_build_deps: Callable[..., bool]  # (root, runner, kernel_release, *, lock_wait)
     unload_stale: Callable[..., bool]  # (root, runner, *, want_version)
     ensure_nouveau_disabled: Callable[[Any, Any], Any]  # -> NouveauOutcome
-    recommended_type: Callable[..., str | None]  # (runner, run_path, *, timeout)
+    recommended_type: Callable[..., str | None]  # (root, runner, run_path, *, timeout)
     run_installer: Callable[..., None]  # (root, runner, run_path, module_type, *, timeout)
     load_modules: Callable[[Any, Any], bool]
     kernel_log: Callable[[Any], str]  # dmesg on the host

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 
 import structlog
 
 from agent.errors import HostCommandError, InstallError
-from agent.host.files import write_atomic
 from agent.host.paths import GRIDD_CONF
 from agent.host.paths import GRIDD_STARTED_WITH as STARTED_WITH
 from agent.host.root import HostRoot
@@ -70,10 +70,39 @@ def render_gridd_conf(template: str, existing: str | None) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
+def _read_source(root: HostRoot, host_path: str) -> tuple[str | None, int]:
+    """(text, permission bits) of a regular file, never through a link; (None, 0o644) if absent.
+
+    A link is refused rather than copied (issue 12): the conf is replaced by a rename, so
+    following the link would copy whatever it points at (a secrets file) into a new file
+    and silently detach the operator's link from the file the host actually reads.
+    """
+    target = root.link_target(host_path)
+    if target is not None:
+        raise InstallError(
+            f"refusing {host_path}: it is a symbolic link (to {target}); the agent "
+            "rewrites this file and would copy the link's target into it",
+            remedy=f"replace the link with a regular root-owned file (`cp --remove-destination "
+                   f"\"$(readlink -f {host_path})\" {host_path}` on the node), then retry")
+    try:
+        fd = root.open_file(host_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None, 0o644
+    except OSError as exc:
+        raise InstallError(f"cannot read {host_path}: {exc.strerror or exc}",
+                           remedy=f"make {host_path} a regular file") from None
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode & 0o777
+        return handle.read().decode("utf-8", errors="replace"), mode
+
+
 def ensure_gridd_conf(root: HostRoot) -> bool:
-    """Create or merge /etc/nvidia/gridd.conf; write it atomically only when it changes."""
-    template = root.read_text(TEMPLATE)
-    existing = root.read_text(GRIDD_CONF)
+    """Create or merge /etc/nvidia/gridd.conf; write it atomically only when it changes.
+
+    Never more readable than its sources: an operator's 0600 gridd.conf stays 0600.
+    """
+    template, template_mode = _read_source(root, TEMPLATE)
+    existing, existing_mode = _read_source(root, GRIDD_CONF)
     if template is None:
         if existing is None:
             raise InstallError(f"{TEMPLATE} is missing: the installed driver is not a GRID "
@@ -83,25 +112,25 @@ def ensure_gridd_conf(root: HostRoot) -> bool:
     if wanted == existing:
         log.info("gridd_conf_ready", changed=False)
         return False
-    write_atomic(root.path(GRIDD_CONF), wanted)
+    root.write_file(GRIDD_CONF, wanted, mode=template_mode & existing_mode & 0o644)
     log.info("gridd_conf_written", created=existing is None, changed=True)
     return True
 
 
 def _conf_digest(root: HostRoot) -> str:
-    return hashlib.sha256((root.read_text(GRIDD_CONF) or "").encode()).hexdigest()
+    return hashlib.sha256(root.read_nofollow(GRIDD_CONF) or b"").hexdigest()
 
 
 def ensure_gridd_running(root: HostRoot, runner: HostRunner) -> bool:
     """nvidia-gridd enabled and active, restarted when gridd.conf changed since its start."""
     digest = _conf_digest(root)
-    started_with = (root.read_text(STARTED_WITH) or "").strip()
+    started_with = (root.read_nofollow(STARTED_WITH) or b"").decode(errors="replace").strip()
     if not host_has_systemd(root):
         changed = _gridd_without_systemd(root, runner)
     else:
         changed = _gridd_unit(root, runner, restart=started_with != digest)
     if started_with != digest:
-        write_atomic(root.path(STARTED_WITH), digest + "\n")
+        root.write_file(STARTED_WITH, digest + "\n", mode=0o600)
     log.info("gridd_running", changed=changed)
     return changed
 

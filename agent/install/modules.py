@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import structlog
 
 from agent.errors import HostCommandError, InstallError, last_lines
-from agent.host.files import write_atomic
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.host.systemd import host_has_systemd, unit_exists, unit_status
@@ -277,8 +276,7 @@ def ensure_persistenced(root: HostRoot, runner: HostRunner) -> bool:
 def _persistenced_unit(root: HostRoot, runner: HostRunner) -> bool:
     wrote = False
     if not unit_exists(root, PERSISTENCED_UNIT):
-        write_atomic(root.path(f"/etc/systemd/system/{PERSISTENCED_UNIT}"),
-                     PERSISTENCED_UNIT_TEXT)
+        root.write_file(f"/etc/systemd/system/{PERSISTENCED_UNIT}", PERSISTENCED_UNIT_TEXT)
         _host(runner, ("systemctl", "daemon-reload"), "systemctl daemon-reload failed")
         wrote = True
     if not wrote and all(unit_status(runner, PERSISTENCED_UNIT)):

@@ -28,7 +28,7 @@ class NouveauOutcome:
 
 def ensure_blacklist(root: HostRoot) -> bool:
     """Write the blacklist file atomically, only when its content differs."""
-    return write_if_changed(root.path(BLACKLIST), BLACKLIST_TEXT)
+    return write_if_changed(root, BLACKLIST, BLACKLIST_TEXT)
 
 
 def initramfs_stale(root: HostRoot) -> bool:

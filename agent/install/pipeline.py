@@ -196,7 +196,7 @@ class Flow:
     def choose(self) -> inst.ModuleChoice:
         recommended = None
         if self.pin.requested == "auto":
-            recommended = self.kit.recommended_type(self.runner, self.run_path,
+            recommended = self.kit.recommended_type(self.root, self.runner, self.run_path,
                                                     timeout=self.settings.install_timeout)
         return inst.choose_module_type(self.pin.requested, recommended, self.pin.module_version)
 

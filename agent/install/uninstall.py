@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.host.systemd import host_has_systemd, unit_status
 from agent.install import installer as inst
+from agent.install import staging
 from agent.install.kit import Kit
 from agent.install.modules import processes_named
 from agent.settings import Settings
@@ -53,8 +53,13 @@ def stop_daemons(root: HostRoot, runner: HostRunner) -> bool:
 
 
 def _cached_runs(root: HostRoot) -> list[Path]:
-    cache = root.path(CACHE_DIR)
-    runs = cache.rglob("*.run") if cache.is_dir() else []
+    """Verified cache entries (`<sha256>/<file>.run`), newest first; never a private copy."""
+    try:
+        cache = root.real_dir(CACHE_DIR)
+    except FileNotFoundError:
+        return []
+    runs = [p for p in cache.glob("*/*.run")
+            if staging.is_cache_key(p.parent.name) and not p.is_symlink() and p.is_file()]
     return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
@@ -70,6 +75,14 @@ def uninstaller_argv(root: HostRoot) -> list[str] | None:
     return ["sh", inst.host_path_of(root, matching[0]), "--uninstall", "--silent"]
 
 
+def _run_uninstaller(root: HostRoot, runner: HostRunner, argv: list[str], timeout: float) -> None:
+    if argv[0] != "sh":
+        runner.run(argv, timeout=timeout)
+        return
+    with staging.verified_copy(root, argv[1]) as private:  # what runs is what was verified
+        runner.run(["sh", private, *argv[2:]], timeout=timeout)
+
+
 def remove_driver(root: HostRoot, runner: HostRunner, *, timeout: float) -> bool:
     """Run the uninstaller when a driver is on disk; exit 6 with its ERROR lines on failure."""
     if not root.exists(SMI) and read_record(root) is None:
@@ -79,7 +92,7 @@ def remove_driver(root: HostRoot, runner: HostRunner, *, timeout: float) -> bool
         raise InstallError(f"no uninstaller: neither {UNINSTALLER} nor a cached .run in "
                            f"{CACHE_DIR}", remedy="run `grid-agent fetch` first, then retry")
     try:
-        runner.run(argv, timeout=timeout)
+        _run_uninstaller(root, runner, argv, timeout)
     except HostCommandError as exc:
         text = root.read_text(UNINSTALL_LOG, "") or ""
         why = " | ".join(inst.error_lines(text)) or exc.message
@@ -89,15 +102,9 @@ def remove_driver(root: HostRoot, runner: HostRunner, *, timeout: float) -> bool
 
 
 def purge_cache(root: HostRoot) -> bool:
-    """Empty the download cache (the directory itself stays)."""
-    cache = root.path(CACHE_DIR)
-    entries = list(cache.iterdir()) if cache.is_dir() else []
-    for entry in entries:
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-    return bool(entries)
+    """Empty the download cache (the directory stays); a linked or foreign cache is refused,
+    so `--purge` never empties a link's target (issue 12)."""
+    return root.empty_dir(CACHE_DIR) > 0
 
 
 def _unload(root: HostRoot, runner: HostRunner, kit: Kit) -> bool:

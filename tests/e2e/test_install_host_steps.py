@@ -200,13 +200,18 @@ def test_gridd_conf_and_unit_the_azure_way(simnode, runner):
     assert licensing.ensure_gridd_running(simnode.root, runner) is False
 
 
+def cache_run(node, fake_run, sha256):
+    """The fake .run as a verified cache entry (`/var/cache/grid-agent/<sha256>/<name>`)."""
+    host_path = f"/var/cache/grid-agent/{sha256}/{fake_run.name}"
+    directory = node.root.real_dir(host_path.rsplit("/", 1)[0], create=True)
+    shutil.copy(fake_run, directory / fake_run.name)
+    return host_path
+
+
 @pytest.fixture
-def installed(simnode, runner, fake_run):
+def installed(simnode, runner, fake_run, fake_run_sha256):
     """The fake GRID driver on the node's disk, installed by its own .run (not loaded)."""
-    cache = simnode.path("/var/cache/grid-agent")
-    cache.mkdir(parents=True, exist_ok=True)
-    shutil.copy(fake_run, cache / fake_run.name)
-    installer.run_installer(simnode.root, runner, f"/var/cache/grid-agent/{fake_run.name}",
+    installer.run_installer(simnode.root, runner, cache_run(simnode, fake_run, fake_run_sha256),
                             "open", timeout=300)
     runner.argvs.clear()
     return simnode
@@ -237,12 +242,9 @@ def test_licensing_with_the_drivers_template_and_unit(installed, runner):
     assert [a[1] for a in runner.argvs] == ["is-enabled", "is-active"]
 
 
-def test_a_driver_without_the_gridd_unit_is_named(simnode, runner, fake_run):
+def test_a_driver_without_the_gridd_unit_is_named(simnode, runner, fake_run, fake_run_sha256):
     simnode.set_scenarios("no-gridd-unit")
-    cache = simnode.path("/var/cache/grid-agent")
-    cache.mkdir(parents=True, exist_ok=True)
-    shutil.copy(fake_run, cache / fake_run.name)
-    installer.run_installer(simnode.root, runner, f"/var/cache/grid-agent/{fake_run.name}",
+    installer.run_installer(simnode.root, runner, cache_run(simnode, fake_run, fake_run_sha256),
                             "open", timeout=300)
     assert licensing.ensure_gridd_conf(simnode.root) is True
     with pytest.raises(InstallError, match=r"nvidia-gridd\.service systemd unit is missing"):

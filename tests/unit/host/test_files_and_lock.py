@@ -53,9 +53,10 @@ def test_lock_is_free_again_after_release(tmp_path):
 
 
 def test_write_if_changed_reports_whether_it_wrote(tmp_path):
-    target = tmp_path / "etc/modprobe.d/x.conf"
-    assert write_if_changed(target, "a\n") is True
+    root, target = HostRoot(tmp_path), tmp_path / "etc/modprobe.d/x.conf"
+    assert write_if_changed(root, "/etc/modprobe.d/x.conf", "a\n") is True
     mtime = target.stat().st_mtime_ns
-    assert write_if_changed(target, "a\n") is False
+    assert write_if_changed(root, "/etc/modprobe.d/x.conf", "a\n") is False
     assert target.stat().st_mtime_ns == mtime
-    assert write_if_changed(target, "b\n") is True and target.read_text() == "b\n"
+    assert write_if_changed(root, "/etc/modprobe.d/x.conf", "b\n") is True
+    assert target.read_text() == "b\n"

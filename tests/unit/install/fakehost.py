@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
@@ -17,7 +18,10 @@ from agent.settings import build_settings
 TARGET = PciDevice("0000:00:02.0", 0x10DE, 0x2BB5, 0x1414, 0x2187, 0x030200, None)
 H100 = PciDevice("0000:00:03.0", 0x10DE, 0x2330, 0x10DE, 0x16C1, 0x030200, None)
 VERSION = "580.105.08-grid-azure"
-RUN_PATH = f"/var/cache/grid-agent/{'ab' * 32}/NVIDIA-Linux-x86_64-{VERSION}.run"
+# The fake cached installer's bytes and their digest: the uninstaller runs a verified copy.
+RUN_BYTES = b"#!/bin/sh\n"
+RUN_SHA256 = hashlib.sha256(RUN_BYTES).hexdigest()
+RUN_PATH = f"/var/cache/grid-agent/{RUN_SHA256}/NVIDIA-Linux-x86_64-{VERSION}.run"
 NVRM = ("NVRM: The NVIDIA GPU 0000:00:02.0 (PCI ID: 10de:2bb5) installed in this system "
         "requires use of the NVIDIA open kernel modules.")
 
@@ -26,7 +30,7 @@ NVRM = ("NVRM: The NVIDIA GPU 0000:00:02.0 (PCI ID: 10de:2bb5) installed in this
 class Release:
     version: str = VERSION
     url: str = "https://example.invalid/d.run"
-    sha256: str | None = "ab" * 32
+    sha256: str | None = RUN_SHA256
     size: int | None = None
     module_type: str = "proprietary"
 
@@ -104,7 +108,7 @@ class FakeNode:
         self._call("ensure_installer")
         path = root.path(f"/var/cache/grid-agent/{release.sha256}/{release.filename}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("#!/bin/sh\n")
+        path.write_bytes(RUN_BYTES)
         return path
 
     def run_installer(self, root, runner, run_path, module_type, *, timeout):

@@ -21,7 +21,7 @@ def mirror(http_server, monkeypatch, tmp_path):
                        "LOG_FORMAT": "json"}.items():
         monkeypatch.setenv(f"GRID_AGENT_{key}", value)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    (tmp_path / "host").mkdir()
+    (tmp_path / "host").mkdir()  # a host root exists; the agent never creates it
     return ["--no-nsenter", "--host-root", str(tmp_path / "host"), "fetch"]
 
 

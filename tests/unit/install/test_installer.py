@@ -1,3 +1,5 @@
+import hashlib
+
 import pytest
 
 from agent.errors import HostCommandError, InstallError
@@ -50,6 +52,14 @@ class ScriptedRunner:
 @pytest.fixture
 def root(tmp_path):
     return HostRoot(tmp_path)
+
+
+def cached(root, data=b"#!/bin/sh\necho real\n", name="d.run"):
+    """A verified cache entry: `/var/cache/grid-agent/<sha256 of data>/<name>`."""
+    host_path = f"/var/cache/grid-agent/{hashlib.sha256(data).hexdigest()}/{name}"
+    root.real_dir(host_path.rsplit("/", 1)[0], create=True)
+    root.path(host_path).write_bytes(data)
+    return host_path
 
 
 def add_dkms(root, where="/usr/sbin"):
@@ -105,14 +115,21 @@ def test_dkms_not_executable_does_not_count(root):
     assert root.which("dkms") is None
 
 
-def test_run_installer_success_runs_by_host_path_with_timeout(root):
+def test_run_installer_success_runs_a_private_verified_copy_with_timeout(root):
     add_dkms(root)
     runner = ScriptedRunner(root)
-    inst.run_installer(root, runner, "/var/cache/grid-agent/d.run", "proprietary", timeout=900)
+    inst.run_installer(root, runner, cached(root), "proprietary", timeout=900)
     (argv, timeout), = runner.argvs
-    assert argv[:6] == ["sh", "/var/cache/grid-agent/d.run", "--silent", "--no-drm", "-M",
-                        "proprietary"]
+    assert argv[0] == "sh" and argv[1].startswith("/var/cache/grid-agent/.exec-")
+    assert argv[1].endswith("/d.run")
+    assert argv[2:6] == ["--silent", "--no-drm", "-M", "proprietary"]
     assert "--dkms" in argv and timeout == 900
+    assert not root.path(argv[1]).parent.exists()  # the copy is gone after the run
+
+
+def test_only_a_cache_entry_is_run(root):
+    with pytest.raises(InstallError, match="only a verified installer"):
+        inst.run_installer(root, ScriptedRunner(root), "/tmp/d.run", "open", timeout=10)
 
 
 def test_failure_surfaces_the_last_error_lines_of_this_runs_log(root):
@@ -121,7 +138,7 @@ def test_failure_surfaces_the_last_error_lines_of_this_runs_log(root):
     old.write_text("ERROR: from an older attempt\n")
     runner = ScriptedRunner(root, rc=1, log_text=LOG_FAIL)
     with pytest.raises(inst.InstallerFailed) as err:
-        inst.run_installer(root, runner, "/d.run", "proprietary", timeout=10)
+        inst.run_installer(root, runner, cached(root), "proprietary", timeout=10)
     assert err.value.exit_code == 6
     assert "Unable to load the kernel module" in err.value.message
     assert "Installation has failed" in err.value.message
@@ -132,7 +149,7 @@ def test_failure_surfaces_the_last_error_lines_of_this_runs_log(root):
 def test_failure_without_a_log_uses_the_command_output(root):
     runner = ScriptedRunner(root, rc=1, stdout="ERROR: no space left\n")
     with pytest.raises(inst.InstallerFailed, match="no space left"):
-        inst.run_installer(root, runner, "/d.run", "open", timeout=10)
+        inst.run_installer(root, runner, cached(root), "open", timeout=10)
 
 
 def test_only_the_kernel_says_requires_open():
@@ -144,16 +161,19 @@ def test_only_the_kernel_says_requires_open():
 
 def test_recommended_type_is_the_answer_line_after_makeself_chatter(root):
     runner = ScriptedRunner(root, stdout=RECOMMEND_OUT)
-    assert inst.recommended_module_type(runner, "/d.run", timeout=5) == "open"
-    assert runner.argvs[0][0] == ["sh", "/d.run", "--print-recommended-kernel-module-type"]
+    run = cached(root)
+    assert inst.recommended_module_type(root, runner, run, timeout=5) == "open"
+    (_sh, private, flag), _ = runner.argvs[0]
+    assert private.startswith("/var/cache/grid-agent/.exec-")  # a verified private copy
+    assert flag == "--print-recommended-kernel-module-type"
     assert inst.parse_recommendation("Uncompressing NVIDIA ... open source\n") is None
-    assert inst.recommended_module_type(ScriptedRunner(root, stdout="??"), "/d.run",
+    assert inst.recommended_module_type(root, ScriptedRunner(root, stdout="??"), run,
                                         timeout=5) is None
 
 
 def test_an_installer_that_cannot_recommend_answers_none(root):
     runner = ScriptedRunner(root, rc=1, stdout="ERROR: Invalid commandline\n")
-    assert inst.recommended_module_type(runner, "/d.run", timeout=5) is None
+    assert inst.recommended_module_type(root, runner, cached(root), timeout=5) is None
 
 
 def test_host_path_of(root):

@@ -126,3 +126,33 @@ def test_without_systemd_gridd_is_started_once(host):
     assert lic.ensure_gridd_running(host.root, runner) is True
     assert lic.ensure_gridd_running(host.root, runner) is False
     assert runner.commands() == ["nvidia-gridd"]
+
+
+def test_a_linked_gridd_conf_is_refused_and_its_target_never_copied(host):
+    # Issue 12: the link's target (a secrets file) was copied into a world-readable conf.
+    secret = host.write("/etc/secrets/licence", "ClientConfigToken=s3cr3t\n", mode=0o600)
+    link = host.link(lic.GRIDD_CONF, "/etc/secrets/licence")
+    with pytest.raises(InstallError, match=r"gridd\.conf: it is a symbolic link") as err:
+        lic.ensure_gridd_conf(host.root)
+    assert err.value.exit_code == 6 and "cp --remove-destination" in err.value.line()
+    assert link.is_symlink() and secret.read_text() == "ClientConfigToken=s3cr3t\n"
+    assert sorted(p.name for p in link.parent.iterdir()) == ["gridd.conf", "gridd.conf.template"]
+
+
+def test_a_linked_template_is_refused_too(host):
+    host.write("/etc/secrets/licence", "ClientConfigToken=s3cr3t\n", mode=0o600)
+    host.root.path(lic.TEMPLATE).unlink()
+    host.link(lic.TEMPLATE, "/etc/secrets/licence")
+    with pytest.raises(InstallError, match="template: it is a symbolic link"):
+        lic.ensure_gridd_conf(host.root)
+    assert not host.root.path(lic.GRIDD_CONF).exists()
+
+
+def test_the_conf_is_never_more_readable_than_its_source(host):
+    host.write(lic.GRIDD_CONF, "ServerAddress=nls.example\n", mode=0o600)
+    assert lic.ensure_gridd_conf(host.root) is True
+    conf = host.root.path(lic.GRIDD_CONF)
+    assert conf.stat().st_mode & 0o777 == 0o600
+    conf.unlink()
+    assert lic.ensure_gridd_conf(host.root) is True
+    assert conf.stat().st_mode & 0o777 == 0o644  # fresh from the 0644 template

@@ -44,9 +44,11 @@ def test_uninstall_with_cached_run_then_again_changes_nothing(node):
     report = un.uninstall(settings(), node.root, runner, node.kit(), purge=False)
     assert report.changed == ["unpublish", "unload", "uninstaller", "record"]
     assert not node.state.loaded
-    run_argv = [a for a in runner.argvs if a[0] == "sh"]
-    assert run_argv == [["sh", RUN_PATH, "--uninstall",
-                         "--silent"]]
+    (_sh, private, *args), = [a for a in runner.argvs if a[0] == "sh"]
+    # What ran is a verified private copy beside the cache entry, gone after the run.
+    assert private.startswith("/var/cache/grid-agent/.exec-")
+    assert private.endswith(RUN_PATH.rsplit("/", 1)[1]) and args == ["--uninstall", "--silent"]
+    assert not node.root.path(private).parent.exists()
     assert read_record(node.root) is None and not node.marker
     assert "unload_stale" in node.names()
     assert node.root.path("/var/cache/grid-agent").iterdir()  # kept without --purge
