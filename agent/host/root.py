@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from agent.errors import UnsafeHostPath
+from agent.host.paths import CACHE_DIR, LOCK, STATE_DIR
 
 # The PATH host commands run with (HostRunner uses the same).
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The agent's own directories: nothing in them may be a link, another user's, or writable
 # by others, or a less-privileged user could steer a root write (the lock truncating a host
 # file, a swapped installer, `--purge` emptying a link's target).
-OWNED_DIRS = ("/var/cache/grid-agent", "/var/lib/grid-agent", "/run/grid-agent")
+OWNED_DIRS = (CACHE_DIR, STATE_DIR, str(PurePosixPath(LOCK).parent))
 _MAX_LINKS = 40  # the kernel's own limit on symlink hops (ELOOP)
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _LINKISH = (errno.ELOOP, errno.ENOTDIR)

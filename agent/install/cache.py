@@ -32,6 +32,9 @@ def cache_dir(root: HostRoot, *, create: bool = True) -> Path:
         return root.real_dir(CACHE_DIR, create=create)
     except UnsafeHostPath as exc:
         raise DownloadError(exc.message, remedy=exc.remedy) from None
+    except OSError as exc:
+        raise DownloadError(f"cannot {'create' if create else 'open'} the installer cache "
+                            f"{CACHE_DIR}: {exc.strerror or exc}") from None
 
 
 def cached_path(root: HostRoot, sha256: str, filename: str) -> Path:

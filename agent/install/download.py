@@ -397,11 +397,7 @@ def ensure_installer(release: Release, root: HostRoot, *, session: requests.Sess
         if image_dir is not None and (hit := baked.adopt(release, root, image_dir)):
             return hit
     opts = options or DownloadOptions()
-    try:
-        directory = cache.cache_dir(root, create=True)
-    except OSError as exc:
-        raise DownloadError(f"cannot create the installer cache {cache.CACHE_DIR}: "
-                            f"{exc.strerror or exc}") from None
+    directory = cache.cache_dir(root, create=True)
     cache.sweep_stale_parts(directory)
     if release.size is not None:
         cache.check_space(directory, release.size)

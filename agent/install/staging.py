@@ -15,11 +15,11 @@ from pathlib import PurePosixPath
 import structlog
 
 from agent.errors import InstallError, UnsafeHostPath
+from agent.host.paths import CACHE_DIR
 from agent.host.root import HostRoot
 
 log = structlog.get_logger(__name__)
 
-CACHE_DIR = "/var/cache/grid-agent"
 STAGE_PREFIX = ".exec-"  # never a cache key (those are 64 hex digits)
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20

@@ -19,6 +19,7 @@ NAME = "NVIDIA-Linux-x86_64-580.105.08-grid-azure.run"
 
 @pytest.fixture
 def host(tmp_path):
+    (tmp_path / "host").mkdir()  # a host root exists; the agent never creates it
     return HostRoot(tmp_path / "host")
 
 
