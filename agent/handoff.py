@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import stat
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 import structlog
 
+from agent.errors import InstallError
 from agent.host.files import write_if_changed
-from agent.host.mounts import covering_mount, parse_mountinfo, read_mountinfo, top_mount_at
+from agent.host.mounts import (
+    Mount,
+    covering_mount,
+    parse_mountinfo,
+    read_mountinfo,
+    top_mount_at,
+)
 from agent.host.paths import DRIVER_ROOT, MARKER
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
@@ -40,7 +51,7 @@ def driver_root_is_host_root(mountinfo: str) -> bool:
     """DRIVER_ROOT is a mount point showing the same filesystem and path as host `/`."""
     mounts = parse_mountinfo(mountinfo)
     here, slash = top_mount_at(mounts, DRIVER_ROOT), top_mount_at(mounts, "/")
-    return bool(here and slash and here.dev == slash.dev and here.fs_root == slash.fs_root)
+    return bool(here and slash and is_host_root_bind(here, slash))
 
 
 @dataclass(frozen=True)
@@ -71,13 +82,68 @@ def inspect_handoff(root: HostRoot) -> Handoff:
     return Handoff(present, valid, mounted, "; ".join(problems) or "hand-off intact")
 
 
+def is_host_root_bind(mount: Mount, slash: Mount) -> bool:
+    """A bind of host `/`: the same filesystem and the same path inside it."""
+    return mount.dev == slash.dev and mount.fs_root == slash.fs_root
+
+
+def _driver_root_dir(root: HostRoot) -> bool:
+    """DRIVER_ROOT a real directory inside a real /run/nvidia; True when a link was replaced.
+
+    mount(8) follows links in its target: a link at DRIVER_ROOT (to a directory, or to `/`)
+    had host `/` stacked on the link's target on every publish (issue 12). A link there is
+    removed, never followed, and replaced by a directory; a link at /run/nvidia is refused.
+    """
+    parent = str(PurePosixPath(DRIVER_ROOT).parent)
+    target = root.link_target(parent)
+    if target is not None:
+        raise InstallError(f"refusing to hand off: {parent} is a symbolic link (to {target})",
+                           remedy=f"remove the link on the node (`rm {parent}`); the agent "
+                                  "creates the directory")
+    name = PurePosixPath(DRIVER_ROOT).name
+    with root.dir_fd(parent, create=True) as dfd:
+        replaced = False
+        with contextlib.suppress(OSError):  # absent, or not a link (EINVAL)
+            link = os.readlink(name, dir_fd=dfd)
+            os.unlink(name, dir_fd=dfd)
+            log.warning("driver_root_link_replaced", path=DRIVER_ROOT, target=link)
+            replaced = True
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o755, dir_fd=dfd)
+        if not stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+            raise InstallError(f"refusing to hand off: {DRIVER_ROOT} is not a directory",
+                               remedy=f"remove it on the node (`rm {DRIVER_ROOT}`) and retry")
+    return replaced
+
+
+def _foreign(mount: Mount) -> InstallError:
+    return InstallError(
+        f"refusing to hand off: a foreign {mount.fstype} mount (root {mount.fs_root}, device "
+        f"{mount.dev}) is at {DRIVER_ROOT}, not host /; the agent neither stacks on it nor "
+        "writes the marker over it",
+        remedy=f"unmount it on the node (`umount -R {DRIVER_ROOT}`); if the GPU Operator's own "
+               "driver container runs here, disable it (driver.enabled=false)")
+
+
 def _ensure_mount(root: HostRoot, runner: HostRunner) -> bool:
-    # Never delete and re-create DRIVER_ROOT: operator pods may hold it open
+    """Exactly one rbind of host `/` at DRIVER_ROOT, judged by the host's mountinfo."""
+    # Never delete and re-create a real DRIVER_ROOT: operator pods may hold it open
     # (a reboot once left `.../driver//deleted` in mountinfo and validators looped).
-    root.path(DRIVER_ROOT).mkdir(parents=True, exist_ok=True)
+    replaced = _driver_root_dir(root)
     mounts = parse_mountinfo(read_mountinfo(root))
-    if top_mount_at(mounts, DRIVER_ROOT) is not None:
-        return False  # already a mount point: leave it
+    slash = top_mount_at(mounts, "/")
+    here = [m for m in mounts if m.mount_point == DRIVER_ROOT]
+    if slash is None:
+        raise InstallError("the host's mount table has no `/` (cannot read /proc/1/mountinfo)",
+                           remedy="run the agent with hostPID and the host's / mounted")
+    foreign = [m for m in here if not is_host_root_bind(m, slash)]
+    if foreign:
+        remove_marker(root)  # the operator must not trust a tree that is not host /
+        raise _foreign(foreign[-1])
+    for _stale in here[1:]:  # stacked by an older agent: take ours off down to one
+        runner.run(["umount", "--lazy", DRIVER_ROOT])
+    if here:
+        return replaced or len(here) > 1
     # Recursive, so /run/nvidia/driver/dev holds the device nodes the validator uses.
     runner.run(["mount", "--rbind", "/", DRIVER_ROOT])
     return True
@@ -110,7 +176,12 @@ def remove_marker(root: HostRoot) -> bool:
 def unpublish(root: HostRoot, runner: HostRunner) -> bool:
     """Marker first, then a lazy unmount (pods holding the tree keep working)."""
     changed = remove_marker(root)
-    if top_mount_at(parse_mountinfo(read_mountinfo(root)), DRIVER_ROOT) is not None:
+    mounts = parse_mountinfo(read_mountinfo(root))
+    slash = top_mount_at(mounts, "/")
+    for mount in reversed([m for m in mounts if m.mount_point == DRIVER_ROOT]):
+        if slash is None or not is_host_root_bind(mount, slash):
+            log.warning("driver_root_foreign_mount_kept", fstype=mount.fstype, dev=mount.dev)
+            break  # never unmount what is not ours (nor what lies under it)
         runner.run(["umount", "--lazy", DRIVER_ROOT])
         changed = True
     log.info("handoff_unpublished", changed=changed)

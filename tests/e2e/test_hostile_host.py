@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from agent.host.paths import DRIVER_ROOT
 from agent.host.runner import HostRunner
 from agent.install import installer, nouveau
 from tests.e2e.installrun import MARKER, STATE, host_text, record, run_agent
@@ -126,3 +127,36 @@ def test_an_installer_swapped_after_its_check_never_runs(simnode, fake_run, fake
     assert simnode.path("/usr/bin/nvidia-smi").stat().st_size > 0  # ...the verified ones did
     assert not [p for p in directory.parent.iterdir() if p.name.startswith(".exec-")]
     assert host_text(simnode, STATE) is None
+
+
+def mounts(node):
+    return len(node.mountinfo().splitlines())
+
+
+@pytest.mark.parametrize("target", ["/", "/srv/decoy"])
+def test_a_link_at_the_driver_root_is_replaced_and_installs_never_stack(simnode, catalog,
+                                                                         target):
+    simnode.exec(["mkdir", "-p", "/run/nvidia", "/srv/decoy"])
+    simnode.exec(["ln", "-s", target, DRIVER_ROOT])
+    assert install(simnode, catalog).returncode == 0
+    driver = simnode.path(DRIVER_ROOT)
+    assert driver.is_dir() and not driver.is_symlink()
+    first = mounts(simnode)
+    for _ in range(2):
+        again = install(simnode, catalog)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert mounts(simnode) == first
+    assert os.listdir(simnode.path("/srv/decoy")) == []
+    assert host_text(simnode, MARKER) is not None
+
+
+def test_a_foreign_tmpfs_at_the_driver_root_is_refused(simnode, catalog):
+    simnode.exec(["mkdir", "-p", DRIVER_ROOT])
+    simnode.exec(["mount", "-t", "tmpfs", "-o", "size=1m", "foreign", DRIVER_ROOT])
+    before = mounts(simnode)
+    for _ in range(2):
+        result = install(simnode, catalog)
+        clean_failure(result, 6, "foreign tmpfs mount", "at /run/nvidia/driver, not host /")
+        assert mounts(simnode) == before
+        assert host_text(simnode, MARKER) is None
+    assert record(simnode)["exit_code"] == 6

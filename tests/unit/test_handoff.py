@@ -1,6 +1,7 @@
 import pytest
 
 from agent import handoff as pub
+from agent.errors import InstallError
 from agent.host.root import HostRoot
 from agent.host.runner import CommandResult
 
@@ -97,3 +98,94 @@ def test_unpublish_removes_marker_then_lazily_unmounts(host):
     assert not root.path(pub.MARKER).exists()
     assert root.path(pub.DRIVER_ROOT).is_dir()
     assert pub.unpublish(root, runner) is False
+
+
+TMPFS = "40 25 0:99 / /run/nvidia/driver rw - tmpfs tmpfs rw\n"
+
+
+class StackRunner(MountingRunner):
+    """mount(8) as the kernel does it: each mount stacks, each umount takes the top off."""
+
+    def run(self, argv, **_):
+        self.argvs.append(list(argv))
+        lines = self.mountinfo.read_text().splitlines(keepends=True)
+        if argv[:2] == ["mount", "--rbind"]:
+            lines.append(RBIND)
+        elif argv[:2] == ["umount", "--lazy"]:
+            at = [i for i, ln in enumerate(lines) if ln.split()[4] == argv[-1]]
+            del lines[at[-1]]
+        self.mountinfo.write_text("".join(lines))
+        return CommandResult(tuple(argv), 0, "", "", 0.0)
+
+
+@pytest.fixture
+def stack(tmp_path):
+    (tmp_path / "proc/1").mkdir(parents=True)
+    (tmp_path / "proc/1/mountinfo").write_text(BASE)
+    (tmp_path / "run").mkdir()
+    return HostRoot(tmp_path), StackRunner(tmp_path / "proc/1/mountinfo")
+
+
+@pytest.mark.parametrize("target", ["/srv/elsewhere", "/"])
+def test_a_link_at_the_driver_root_is_replaced_never_followed(stack, target):
+    root, runner = stack
+    root.path("/srv/elsewhere").mkdir(parents=True)
+    root.path("/run/nvidia").mkdir()
+    root.path(pub.DRIVER_ROOT).symlink_to(target)
+    assert pub.publish(root, runner) is True
+    driver = root.path(pub.DRIVER_ROOT)
+    assert driver.is_dir() and not driver.is_symlink()
+    assert runner.argvs == [["mount", "--rbind", "/", "/run/nvidia/driver"]]
+    for _ in range(3):  # idempotent: never mounts again
+        assert pub.publish(root, runner) is False
+    assert len(runner.argvs) == 1 and pub.inspect_handoff(root).intact
+    assert list(root.path("/srv/elsewhere").iterdir()) == []
+
+
+def test_a_foreign_mount_is_refused_and_the_marker_withdrawn(stack):
+    root, runner = stack
+    runner.mountinfo.write_text(BASE + TMPFS)
+    root.write_file(pub.MARKER, pub.MARKER_CONTENT)  # left from an earlier hand-off
+    with pytest.raises(InstallError, match=r"foreign tmpfs mount .* at /run/nvidia/driver") as err:
+        pub.publish(root, runner)
+    assert err.value.exit_code == 6 and "umount -R /run/nvidia/driver" in err.value.line()
+    assert runner.argvs == []  # nothing stacked on it
+    assert root.read_text(pub.MARKER) is None
+    with pytest.raises(InstallError):
+        pub.publish(root, runner)
+    assert runner.argvs == []
+    assert pub.unpublish(root, runner) is False and runner.argvs == []  # not ours: kept
+
+
+def test_our_bind_over_a_foreign_mount_is_refused_too(stack):
+    root, runner = stack
+    runner.mountinfo.write_text(BASE + TMPFS + RBIND)
+    with pytest.raises(InstallError, match="foreign tmpfs"):
+        pub.publish(root, runner)
+
+
+def test_binds_stacked_by_an_older_agent_are_taken_down_to_one(stack):
+    root, runner = stack
+    runner.mountinfo.write_text(BASE + RBIND * 3)
+    assert pub.publish(root, runner) is True
+    assert runner.argvs == [["umount", "--lazy", "/run/nvidia/driver"]] * 2
+    assert runner.mountinfo.read_text().count(RBIND) == 1
+    assert pub.publish(root, runner) is False
+
+
+def test_a_linked_run_nvidia_is_refused(stack):
+    root, runner = stack
+    root.path("/srv/nv").mkdir(parents=True)
+    root.path("/run/nvidia").symlink_to("/srv/nv")
+    with pytest.raises(InstallError, match=r"/run/nvidia is a symbolic link \(to /srv/nv\)"):
+        pub.publish(root, runner)
+    assert runner.argvs == [] and list(root.path("/srv/nv").iterdir()) == []
+
+
+def test_a_file_at_the_driver_root_is_refused(stack):
+    root, runner = stack
+    root.path("/run/nvidia").mkdir()
+    root.path(pub.DRIVER_ROOT).write_text("")
+    with pytest.raises(InstallError, match="/run/nvidia/driver is not a directory"):
+        pub.publish(root, runner)
+    assert runner.argvs == []
