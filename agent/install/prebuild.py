@@ -47,6 +47,7 @@ from agent.install.compiler import installer_env
 from agent.install.kernels import PendingKernel, installed_kernels, pending_kernels
 from agent.install.kit import Kit
 from agent.install.pin import Pin, record_matches
+from agent.install.staging import verified_copy
 from agent.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -239,10 +240,11 @@ class Prebuilder:
             self._clear_partial(release)
             path = Path(self.kit.ensure_installer(self.pin.release, self.root, self.settings))
             run_path = inst.host_path_of(self.root, path)
-            argv = prebuild_argv(run_path, record.module_type, release,
-                                 source_path(self.root, release),
-                                 compiler=kernel_compiler(self.root, release))
-            self._run(argv, release)
+            with verified_copy(self.root, run_path) as private:  # what runs was verified
+                argv = prebuild_argv(private, record.module_type, release,
+                                     source_path(self.root, release),
+                                     compiler=kernel_compiler(self.root, release))
+                self._run(argv, release)
             how = "installer"
         if not modules_on_disk(self.root, release, modver):
             raise inst.InstallerFailed(
@@ -253,8 +255,9 @@ class Prebuilder:
     def _clear_partial(self, release: str) -> None:
         """Files a killed attempt left for this (non-running) kernel: never the running one's."""
         for path in _ko_files(self.root, release).values():
-            log.info("prebuild_partial_removed", path=self.root.host_path(path))
-            path.unlink(missing_ok=True)
+            host_path = self.root.host_path(path)
+            log.info("prebuild_partial_removed", path=host_path)
+            self.root.unlink(host_path)  # the entry itself, through the door
 
     def _run(self, argv: list[str], release: str) -> None:
         log.info("prebuild_command", kernel_release=release, argv=argv)

@@ -191,6 +191,6 @@ def test_the_kernels_compiler_goes_in_the_installers_environment(root):
             envs.append(env)
             return super().run(argv, timeout=timeout, check=check)
 
-    inst.run_installer(root, EnvRunner(root), "/d.run", "open", timeout=10, cc="gcc-12")
-    inst.run_installer(root, EnvRunner(root), "/d.run", "open", timeout=10)
+    inst.run_installer(root, EnvRunner(root), cached(root), "open", timeout=10, cc="gcc-12")
+    inst.run_installer(root, EnvRunner(root), cached(root), "open", timeout=10)
     assert envs == [{"CC": "gcc-12", "MAKEFLAGS": "CC=gcc-12"}, {}]
