@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 import waitress.server
 
+from agent.errors import ConfigError
 from agent.health.metrics import make_registry, render
 from agent.health.monitor import VerdictCache
 
@@ -102,13 +103,19 @@ class HealthServer:
     def __init__(self, app: HealthApp, host: str, port: int) -> None:
         for name in ("waitress", "waitress.queue"):  # its depth warnings are our bench's job
             logging.getLogger(name).setLevel(logging.ERROR)
-        self.server = waitress.server.create_server(
-            app, host=host, port=port, threads=THREADS, connection_limit=CONNECTION_LIMIT,
-            channel_timeout=CHANNEL_TIMEOUT, cleanup_interval=CLEANUP_INTERVAL,
-            max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=1024,
-            asyncore_use_poll=True, asyncore_loop_timeout=1, ident="grid-agent",
-            expose_tracebacks=False, clear_untrusted_proxy_headers=True,
-            ipv6=":" in host, ipv4=":" not in host)
+        try:
+            self.server = waitress.server.create_server(
+                app, host=host, port=port, threads=THREADS, connection_limit=CONNECTION_LIMIT,
+                channel_timeout=CHANNEL_TIMEOUT, cleanup_interval=CLEANUP_INTERVAL,
+                max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=1024,
+                asyncore_use_poll=True, asyncore_loop_timeout=1, ident="grid-agent",
+                expose_tracebacks=False, clear_untrusted_proxy_headers=True,
+                ipv6=":" in host, ipv4=":" not in host)
+        except (OSError, ValueError) as exc:  # in use, not this host's address, no IPv6
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(f"cannot listen on {host}:{port} (GRID_AGENT_LISTEN): {why}",
+                              remedy="choose a free port and an address of this pod, "
+                                     "or set GRID_AGENT_LISTEN=off") from None
         self.thread = threading.Thread(target=self.server.run, name="grid-agent-http",
                                        daemon=True)
 

@@ -42,3 +42,14 @@ def test_close_ends_the_server_with_connections_open(server):
     with hostile(server.port, idle=10, slowloris=2):
         server.close()
         assert not server.thread.is_alive()
+
+
+@pytest.mark.parametrize("address", ["192.0.2.1", "in-use"])
+def test_an_unbindable_listen_address_is_a_config_error(server, address):
+    from agent.errors import ConfigError
+
+    port = server.port if address == "in-use" else 0
+    host = "127.0.0.1" if address == "in-use" else address
+    with pytest.raises(ConfigError, match="GRID_AGENT_LISTEN") as err:
+        HealthServer(HealthApp(VerdictCache(SystemClock()), stale_after=60), host, port)
+    assert err.value.exit_code == 2
