@@ -14,7 +14,6 @@ A driver that is loaded and in use is never touched: exit 6, naming it.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -185,11 +184,8 @@ def _remove_dkms(root: HostRoot, runner: HostRunner, found: ForeignDriver) -> No
 
 
 def _remove_path(root: HostRoot, host_path: str) -> None:
-    path = root.path(host_path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.is_symlink() or path.exists():
-        path.unlink()
+    # Through the door: a link is removed itself, and no parent link leads outside the root.
+    root.remove_tree(host_path)
 
 
 def purge_with_apt(runner: HostRunner, packages: list[str], *, lock_wait: float) -> None:
