@@ -56,3 +56,14 @@ def test_a_hostile_state_json_is_no_record(simnode, catalog, hostile):
     simnode.exec(["sh", "-c", f"rm -f /var/lib/grid-agent/state.json && {hostile}"])
     gone = run_agent(simnode.agent_args(), catalog, "uninstall")
     assert gone.returncode == 0, gone.stderr[-3000:]
+
+
+def test_a_file_where_the_driver_root_belongs(simnode, catalog):
+    simnode.exec(["sh", "-c", "umount -l /run/nvidia/driver 2>/dev/null; rm -rf "
+                  "/run/nvidia/driver && mkdir -p /run/nvidia && echo x > /run/nvidia/driver"])
+    run = run_agent(simnode.agent_args(), catalog, "install")
+    assert run.returncode == 6, run.stderr[-3000:]
+    assert "/run/nvidia/driver" in run.error() and "Traceback" not in run.stderr
+    assert not run.named("internal_error")
+    simnode.exec(["rm", "-f", "/run/nvidia/driver"])
+    assert run_agent(simnode.agent_args(), catalog, "install").returncode == 0
