@@ -118,6 +118,17 @@ def driver_url(text: str) -> str:
     return value
 
 
+def reboot_sentinel(text: str) -> str:
+    """An absolute host path without `..`, or "" (off)."""
+    value = text.strip()
+    if not value:
+        return ""
+    path = PurePosixPath(value)
+    if not path.is_absolute() or ".." in path.parts or path == PurePosixPath("/"):
+        raise ValueError("must be an absolute host file path such as /var/run/reboot-required")
+    return str(path)
+
+
 def host_root(text: str) -> Path:
     """A non-empty absolute-or-relative path; existence is checked where it is opened."""
     if not text.strip():
@@ -246,6 +257,10 @@ OPTIONS: tuple[Option, ...] = (
            "the cached verdict `watch` writes and `probe` reads (in the pod's filesystem)"),
     Option("self_heal", "GRID_AGENT_SELF_HEAL", parse_bool, "true",
            "let `watch` restore the GPU Operator hand-off (marker, mount) of a healthy driver"),
+    Option("reboot_sentinel", "GRID_AGENT_REBOOT_SENTINEL", reboot_sentinel, "",
+           "host file to create when a driver upgrade needs a reboot (the one kured watches, "
+           "e.g. /var/run/reboot-required): the upgrade is staged and the init container "
+           "waits for the reboot; empty: exit 6 \"reboot required\" as before"),
 )
 
 
@@ -285,6 +300,7 @@ class Settings:
     listen: tuple[str, int] | None
     verdict_file: Path
     self_heal: bool
+    reboot_sentinel: str
 
     @property
     def target_spec(self) -> TargetSpec:

@@ -177,8 +177,19 @@ def _wait_gone(root: HostRoot, name: str, wait: float) -> list[HostProcess]:
     return left
 
 
+class DriverInUse(InstallError):
+    """The loaded driver cannot be replaced while GPU workloads hold it (exit 6, "reboot
+    required"); a configured reboot sentinel turns it into a staged upgrade (staging.py)."""
+
+
+def in_use_reasons(root: HostRoot) -> list[str]:
+    """Who holds the loaded driver, the driver's own daemons aside; [] when it could go."""
+    loaded = [m for m in STACK if module_loaded(root, m)]
+    return _users(root, daemons=False) + _foreign_holders(root, loaded) if loaded else []
+
+
 def _refuse(have: str | None, want: str, reasons: list[str]) -> InstallError:
-    return InstallError(
+    return DriverInUse(
         f"reboot required: NVIDIA driver {have or 'of unknown version'} is loaded and in "
         f"use ({'; '.join(reasons)}); it cannot be replaced "
         f"{f'by {want} ' if want else ''}while running",

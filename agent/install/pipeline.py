@@ -26,8 +26,9 @@ from agent.host.procs import running_installers
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.install import installer as inst
-from agent.install import prebuild
+from agent.install import prebuild, upgrade
 from agent.install.kit import Kit
+from agent.install.modules import DriverInUse
 from agent.install.pin import Pin, record_matches, resolve_pin
 from agent.pci import detect
 from agent.settings import Settings
@@ -168,7 +169,16 @@ class Flow:
         # The installer cannot replace a loaded module, even one of the same version (a
         # module type change, a rebuild): then no loaded version is wanted ("").
         want = "" if self.install_reason else self.pin.module_version
-        unloaded = self.kit.unload_stale(self.root, self.runner, want_version=want)
+        try:
+            unloaded = self.kit.unload_stale(self.root, self.runner, want_version=want)
+        except DriverInUse as exc:
+            sentinel = self.settings.reboot_sentinel
+            if not sentinel or not self.run_path:
+                raise  # today's exit 6: a person drains and reboots
+            upgrade.stage(self.root, self.runner, sentinel=sentinel, pin=self.pin,
+                          run_path=self.run_path, reason=exc.message)
+            raise upgrade.Staged(f"upgrade to {self.pin.release.version} staged: waiting for "
+                                 f"a reboot ({sentinel} written)") from exc
         return withdrawn or foreign or unloaded
 
     def do_nouveau(self) -> bool:
@@ -319,6 +329,7 @@ def _converge(flow: Flow) -> Outcome:
     flow.step("publish", lambda: flow.kit.publish(flow.root, flow.runner))
     outcome = "fast_path" if flow.fast else "installed"
     flow.step("record", lambda: flow.record(outcome, 0))
+    upgrade.clear(flow.root, flow.pin.digest)  # a staged upgrade (if any) is done
     # Kernels installed but not running get this pin's modules now (never fatal).
     flow.step("prebuild", lambda: prebuild.after_install(flow))
     return Outcome(outcome, flow.verified)
@@ -353,11 +364,16 @@ def install(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, *,
         flow = Flow(settings, root, runner, kit, pin, progress)
         try:
             return _converge(flow)
+        except upgrade.Staged:
+            pass  # the record still describes the driver in place; wait outside the lock
         except AgentError as exc:
             _record_failure(flow, exc)
             if on_failure is not None:
                 on_failure(exc)
             raise
+    info = upgrade.staged_info(root) or {}
+    upgrade.Waiter(root, interval=settings.watch_interval).wait(info)
+    return install(settings, root, runner, kit, progress=progress)  # drained: go on now
 
 
 def _refuse_running_installer(root: HostRoot) -> None:

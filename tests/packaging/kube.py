@@ -11,7 +11,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 # Every kustomization a user may apply; each must render and validate.
-KUSTOMIZATIONS = ("", "base", "overlays/mirror", "overlays/exec-probes", "oneshot")
+KUSTOMIZATIONS = ("", "base", "overlays/mirror", "overlays/exec-probes", "overlays/kured",
+                  "oneshot")
 KUBE_VERSIONS = ("1.32", "1.33", "1.34", "1.35")
 
 

@@ -117,7 +117,8 @@ def test_host_root_at_host_writable_only_for_the_installer(pod):
 
 
 def test_image_by_digest_everywhere():
-    for name in ("", "base", "oneshot", "overlays/mirror", "overlays/exec-probes"):
+    for name in ("", "base", "oneshot", "overlays/mirror", "overlays/exec-probes",
+                 "overlays/kured"):
         for obj in render(name):
             spec = obj.get("spec", {}).get("template", {}).get("spec")
             for container in pod_containers(spec) if spec else ():

@@ -134,3 +134,12 @@ def test_both_kustomizations_name_the_same_image():
     assert images("base") == images("oneshot")
     (image,) = images("base")
     assert image.rsplit(":", 1)[1] != "latest"
+
+
+def test_the_kured_overlay_sets_only_the_reboot_sentinel():
+    base = one(render("base"), "ConfigMap")["data"]
+    kured = one(render("overlays/kured"), "ConfigMap")["data"]
+    assert kured["GRID_AGENT_REBOOT_SENTINEL"] == "/var/run/reboot-required"
+    assert base["GRID_AGENT_REBOOT_SENTINEL"] == ""
+    assert {k: v for k, v in kured.items() if k != "GRID_AGENT_REBOOT_SENTINEL"} == \
+        {k: v for k, v in base.items() if k != "GRID_AGENT_REBOOT_SENTINEL"}
