@@ -179,7 +179,7 @@ def _wait_gone(root: HostRoot, name: str, wait: float) -> list[HostProcess]:
 
 class DriverInUse(InstallError):
     """The loaded driver cannot be replaced while GPU workloads hold it (exit 6, "reboot
-    required"); a configured reboot sentinel turns it into a staged upgrade (staging.py)."""
+    required"); a configured reboot sentinel turns it into a staged upgrade (upgrade.py)."""
 
 
 def in_use_reasons(root: HostRoot) -> list[str]:
