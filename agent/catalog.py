@@ -59,7 +59,7 @@ class Release:
 CATALOG: dict[str, Release] = {
     r.version: r
     for r in (
-        # Pinned in Microsoft's public Azure install scripts (design/formats.md).
+        # Pinned in Microsoft's public Azure install scripts (docs/design/formats.md).
         Release(
             version="580.105.08-grid-azure",
             url="https://download.microsoft.com/download/85beffdc-8361-4df4-a823-dcb1b230a7aa/"

@@ -27,7 +27,7 @@ from agent.host.runner import HostRunner
 log = structlog.get_logger(__name__)
 
 # From v26.3 the validator parses the marker as YAML map[string]bool; these keys are
-# safe for every operator version (gpu-operator-contract.md section 1.4).
+# safe for every operator version (docs/design/gpu-operator-contract.md 1.4).
 MARKER_CONTENT = "GDRCOPY_ENABLED: false\nGDS_ENABLED: false\nGPU_DIRECT_RDMA_ENABLED: false\n"
 _BOOL_LINE = re.compile(r"^[A-Za-z0-9_]+:\s*(true|false)\s*$")
 

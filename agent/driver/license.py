@@ -1,4 +1,4 @@
-"""The vGPU licence status nvidia-smi reports, classified (formats.md: nvidia-smi -q -x)."""
+"""The vGPU licence status nvidia-smi reports, classified (docs/design/formats.md)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ RECORD = f"{STATE_DIR}/state.json"  # the install record (version, kernel, modul
 GRIDD_STARTED_WITH = f"{STATE_DIR}/gridd.conf.sha256"  # digest of the gridd.conf we wrote
 LOCK = "/run/grid-agent/lock"
 
-# The GPU Operator hand-off (gpu-operator-contract.md section 1).
+# The GPU Operator hand-off (docs/design/gpu-operator-contract.md 1).
 MARKER = "/run/nvidia/validations/.driver-ctr-ready"
 DRIVER_ROOT = "/run/nvidia/driver"  # rbind of host `/`
 

@@ -14,7 +14,7 @@ _KEEP_HOST_CC = SimpleNamespace(cc=None, changed=False)
 
 @dataclass(frozen=True)
 class Kit:
-    """Every side effect the pipeline, plan and uninstall use, by contract (contracts.md)."""
+    """Every side effect the pipeline, plan and uninstall use, (docs/design/architecture.md)."""
 
     scan_pci: Callable[[], Any]  # -> list[PciDevice]
     lock: Callable[..., Any]  # host_lock(root, *, wait, timeout) context manager

@@ -23,7 +23,8 @@ GRIDD = "nvidia-gridd"
 GRIDD_UNIT = f"{GRIDD}.service"
 # The conf the running daemon was (re)started with, so a crash between writing the conf
 # and restarting the daemon is caught on the next run.
-# Azure's GRID steps: the licence comes with the VM, no server, no UI (formats.md).
+# Azure's GRID steps: the licence comes with the VM, no server, no UI
+# (docs/design/gpu-operator-contract.md 4).
 AZURE_KEYS = (("IgnoreSP", "FALSE"), ("EnableUI", "FALSE"))
 _KEY_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 KEPT_HEADER = "# Kept from the gridd.conf that was here before (grid-agent)"

@@ -20,7 +20,7 @@ STACK = ("nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia_peermem", "nvidia
 # Without -a, modprobe reads the extra names as parameters of the first module.
 LOAD_ARGV = ("modprobe", "-a", "nvidia", "nvidia-uvm", "nvidia-modeset")
 DEVICE_ARGVS = (("nvidia-modprobe", "-c0"), ("nvidia-modprobe", "-u", "-c0"))
-# A validator once went Ready with the uvm nodes missing (gpu-operator-contract.md 2).
+# A validator once went Ready with the uvm nodes missing (docs/design/gpu-operator-contract.md 2).
 DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
 PERSISTENCED = "nvidia-persistenced"
 PERSISTENCED_UNIT = f"{PERSISTENCED}.service"

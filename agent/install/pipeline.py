@@ -266,7 +266,8 @@ def _load(flow: Flow, module_type: str) -> bool:
     """Load the stack; a proprietary module that loads but cannot drive the GPU is a failure.
 
     The kernel may accept the proprietary module and only log the NVRM requires-open line
-    with `RmInitAdapter failed!` (nvidia-smi then finds no devices): gpu-operator-contract.md.
+    with `RmInitAdapter failed!` (nvidia-smi then finds no devices):
+    docs/design/gpu-operator-contract.md 4.
     """
     changed = flow.kit.load_modules(flow.root, flow.runner)
     if module_type == "proprietary" and inst.kernel_says_requires_open(

@@ -15,7 +15,8 @@ REQUIRES_OPEN = (
 
 def requires_open(mtype: str | None) -> bool:
     """The GPU refuses the proprietary module: the load fails, or (requires-open-loads, the
-    other shape in gpu-operator-contract.md) it loads and nvidia-smi finds no devices."""
+    other shape in docs/design/gpu-operator-contract.md) it loads and nvidia-smi finds no
+    devices."""
     if mtype != "proprietary" or not (s.has("requires-open") or s.has("requires-open-loads")):
         return False
     s.kmsg(*(line.format(slot=s.GPU_SLOT) for line in REQUIRES_OPEN))
