@@ -4,7 +4,9 @@
 # and the dev tools it installed (ruff, kubectl, hadolint, kubernetes-validate) are its own.
 if ! scripts/setup --check; then  # it says what is missing
   echo "==> setting up (scripts/setup)" >&2
+  setup_started=$SECONDS
   scripts/setup
+  echo "==> set up in $((SECONDS - setup_started)) s" >&2
 fi
 export VIRTUAL_ENV="$PWD/.venv"
 export PATH="$VIRTUAL_ENV/bin:$PATH"
