@@ -11,7 +11,7 @@ from agent.errors import (
     PreflightError,
 )
 from agent.host.root import HostRoot
-from agent.install import modules, pipeline
+from agent.install import modules, pipeline, uninstall
 from tests.unit.install.fakehost import FakeNode, settings
 from tests.unit.install.hostfake import FakeRunner, Tree
 
@@ -73,3 +73,15 @@ def test_a_preflight_command_missing_is_a_preflight_failure(node):
     with pytest.raises(PreflightError, match=r"^preflight: `uname` is not installed") as err:
         pipeline.install(settings(), node.root, object(), kit)
     assert err.value.exit_code == 4
+
+
+def test_uninstall_names_a_missing_kill_with_exit_6(node):
+    pipeline.install(settings(), node.root, object(), node.kit())
+    node.root.path("/proc/321").mkdir(parents=True)
+    node.root.path("/proc/321/comm").write_text("nvidia-gridd\n")
+    runner = FakeRunner().on("kill", effect=missing)
+    with pytest.raises(InstallError) as err:
+        uninstall.uninstall(settings(), node.root, runner, node.kit(), purge=False)
+    assert err.value.exit_code == 6
+    assert err.value.line() == ("stop_daemons: `kill` is not installed on the host (needed for "
+                                "`kill 321`); install procps on the host")
