@@ -25,8 +25,8 @@ from agent.host.paths import CACHE_DIR
 from agent.host.procs import running_installers
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
+from agent.install import inplace, prebuild, upgrade
 from agent.install import installer as inst
-from agent.install import prebuild, upgrade
 from agent.install.kit import Kit
 from agent.install.modules import DriverInUse
 from agent.install.pin import Pin, record_matches, resolve_pin
@@ -326,6 +326,8 @@ def _converge(flow: Flow) -> Outcome:
     flow.step("fast_path", flow.do_fast_path)
     if not flow.fast:
         _full_path(flow)
+    else:  # gridd.conf or persistence changed: applied without touching the modules
+        flow.step("in_place", lambda: inplace.apply(flow))
     # Only after verification passed (fast path or full): the operator may now trust it.
     flow.step("publish", lambda: flow.kit.publish(flow.root, flow.runner))
     outcome = "fast_path" if flow.fast else "installed"
