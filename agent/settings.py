@@ -129,6 +129,25 @@ def reboot_sentinel(text: str) -> str:
     return str(path)
 
 
+def short_text(limit: int) -> Callable[[str], str]:
+    """Free text with no control characters, at most `limit` characters (labels, names)."""
+
+    def parse(text: str) -> str:
+        value = text.strip()
+        if len(value) > limit or _has_control(value):
+            raise ValueError(f"must be at most {limit} printable characters")
+        return value
+
+    return parse
+
+
+def absolute_path(text: str) -> Path:
+    value = text.strip()
+    if not value.startswith("/") or _has_control(value) or len(value) > 4096:
+        raise ValueError("must be an absolute path")
+    return Path(value)
+
+
 def host_root(text: str) -> Path:
     """A non-empty absolute-or-relative path; existence is checked where it is opened."""
     if not text.strip():
@@ -239,7 +258,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("allow_unsupported_os", "GRID_AGENT_ALLOW_UNSUPPORTED_OS", parse_bool, "false",
            "install on a host OS other than Ubuntu 22.04/24.04 (logged as a warning)"),
     # Health (agent/health/: check, watch, probe).
-    Option("expected_profile", "GRID_AGENT_EXPECTED_PROFILE", str.strip, "",
+    Option("expected_profile", "GRID_AGENT_EXPECTED_PROFILE", short_text(128), "",
            "vGPU type the GPUs must report, compared exactly: the profile part (DC-4-96Q, "
            "DC-3Q) or the full product name; empty accepts any RTX Pro 6000 vGPU type"),
     Option("mig_policy", "GRID_AGENT_MIG_POLICY", choice("warn", "fail"), "warn",
@@ -253,7 +272,8 @@ OPTIONS: tuple[Option, ...] = (
            "(0 < s <= 3600)"),
     Option("listen", "GRID_AGENT_LISTEN", host_port, "0.0.0.0:9402",
            "HOST:PORT for /livez /readyz /status /metrics in `watch`, or off"),
-    Option("verdict_file", "GRID_AGENT_VERDICT_FILE", Path, "/run/grid-agent-pod/verdict.json",
+    Option("verdict_file", "GRID_AGENT_VERDICT_FILE", absolute_path,
+           "/run/grid-agent-pod/verdict.json",
            "the cached verdict `watch` writes and `probe` reads (in the pod's filesystem)"),
     Option("self_heal", "GRID_AGENT_SELF_HEAL", parse_bool, "true",
            "let `watch` restore the GPU Operator hand-off (marker, mount) of a healthy driver"),

@@ -138,3 +138,11 @@ def test_the_retired_licence_days_variable_is_ignored_and_named():
     assert env == "GRID_AGENT_LICENSE_WARN_DAYS" and use.startswith(
         "GRID_AGENT_LICENSE_MIN_REMAINING")
     assert retired_in({}) == []
+
+
+@pytest.mark.parametrize(("env", "value"), [
+    ("GRID_AGENT_EXPECTED_PROFILE", "DC-4-96Q\x1b[2J"), ("GRID_AGENT_EXPECTED_PROFILE", "Q" * 129),
+    ("GRID_AGENT_VERDICT_FILE", ""), ("GRID_AGENT_VERDICT_FILE", "relative/verdict.json")])
+def test_text_and_path_settings_are_checked(env, value):
+    with pytest.raises(ConfigError, match=env):
+        build(env={env: value})
