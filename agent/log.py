@@ -7,6 +7,7 @@ import sys
 from typing import TextIO
 
 import structlog
+import structlog.tracebacks
 
 from agent.redact import redact_text
 
@@ -26,12 +27,26 @@ def _stderr_logger(*_args: object) -> structlog.PrintLogger:
     return structlog.PrintLogger(sys.stderr)
 
 
+def _redacted(value: object) -> object:
+    if isinstance(value, str):
+        return redact_text(value) if "://" in value else value
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    return value
+
+
 def redact_event(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
-    """Belt and braces: no URL in any log line keeps its userinfo or query (agent/redact.py)."""
-    for key, value in event.items():
-        if isinstance(value, str) and "://" in value:
-            event[key] = redact_text(value)
-    return event
+    """Belt and braces: no URL in any log line keeps its userinfo or query (agent/redact.py),
+    nested values and rendered tracebacks included."""
+    return {key: _redacted(value) for key, value in event.items()}
+
+
+# Tracebacks of bugs keep their frames but not their locals: a frame's locals hold the
+# settings (GRID_AGENT_DRIVER_URL with its credentials), which no log line may carry.
+_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
 
 
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
@@ -41,13 +56,13 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        redact_event,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if wants_json(fmt, stream):
-        processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        processors += [_TRACEBACKS, redact_event, structlog.processors.JSONRenderer()]
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+        processors += [redact_event, structlog.dev.ConsoleRenderer(
+            colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback)]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

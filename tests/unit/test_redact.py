@@ -49,3 +49,32 @@ def test_every_log_line_is_redacted():
     line = json.loads(stream.getvalue())
     assert "hunter2" not in stream.getvalue() and "SASSECRET" not in stream.getvalue()
     assert line["url"] == "https://***@mirror.example:8443/d/x.run?***"
+
+
+def test_a_bugs_traceback_carries_no_locals_and_no_secret():
+    stream = io.StringIO()
+    agent_log.configure("json", "debug", stream=stream)
+    try:
+        url = SECRET_URL  # a local of the failing frame, as settings are in the pipeline's
+        try:
+            raise RuntimeError(f"boom with {url}")
+        except RuntimeError:
+            structlog.get_logger("t").exception("internal_error")
+    finally:
+        agent_log.configure()
+    text = stream.getvalue()
+    assert "hunter2" not in text and "SASSECRET" not in text, text
+    line = json.loads(text)
+    assert line["exception"][0]["exc_type"] == "RuntimeError"
+    assert all("locals" not in frame or not frame["locals"]
+               for frame in line["exception"][0]["frames"])
+
+
+def test_console_logs_are_redacted_too():
+    stream = io.StringIO()
+    agent_log.configure("console", "debug", stream=stream)
+    try:
+        structlog.get_logger("t").info("x", urls=[SECRET_URL], nested={"u": SECRET_URL})
+    finally:
+        agent_log.configure()
+    assert "hunter2" not in stream.getvalue() and "SASSECRET" not in stream.getvalue()
