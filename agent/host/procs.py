@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path, PurePosixPath
 
+from agent.errors import InstallerRunning
 from agent.host.root import HostRoot
 
 # Where the agent keeps installers (cache, private copies): any `.run` under these is ours.
@@ -53,3 +54,12 @@ def _alive(stat_path: Path) -> bool:
     with stat_path.open("rb") as handle:
         state = handle.read(4096).rsplit(b")", 1)[-1].split()[:1]
     return state not in ([b"Z"], [b"X"])
+
+
+def refuse_running_installer(root: HostRoot) -> None:
+    """An installer still running (an earlier agent's, a person's) must finish first."""
+    found = running_installers(root)
+    if found:
+        pid, cmdline = found[0]
+        raise InstallerRunning(f"an NVIDIA installer is still running on the host (pid {pid}: "
+                               f"{cmdline[:120]}); not starting another")

@@ -17,12 +17,11 @@ from agent.errors import (
     DownloadError,
     HostCommandMissing,
     InstallError,
-    InstallerRunning,
     PreflightError,
     VerifyError,
 )
 from agent.host.paths import CACHE_DIR
-from agent.host.procs import running_installers
+from agent.host.procs import refuse_running_installer
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.install import inplace, prebuild, upgrade
@@ -363,7 +362,7 @@ def install(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, *,
     pin = resolve_pin(settings, kit)
     wait = settings.wait_lock
     with kit.lock(root, wait=wait, timeout=settings.install_timeout if wait else None):
-        _refuse_running_installer(root)
+        refuse_running_installer(root)
         flow = Flow(settings, root, runner, kit, pin, progress)
         try:
             return _converge(flow)
@@ -377,15 +376,6 @@ def install(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, *,
     info = upgrade.staged_info(root) or {}
     upgrade.Waiter(root, interval=settings.watch_interval).wait(info)
     return install(settings, root, runner, kit, progress=progress)  # drained: go on now
-
-
-def _refuse_running_installer(root: HostRoot) -> None:
-    """An installer still running (an earlier agent's, a person's) must finish first."""
-    found = running_installers(root)
-    if found:
-        pid, cmdline = found[0]
-        raise InstallerRunning(f"an NVIDIA installer is still running on the host (pid {pid}: "
-                               f"{cmdline[:120]}); not starting another")
 
 
 def _record_failure(flow: Flow, exc: AgentError) -> None:

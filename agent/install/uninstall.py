@@ -10,6 +10,7 @@ import structlog
 from agent.driver.record import read_record, remove_record
 from agent.errors import AgentError, HostCommandError, HostCommandMissing, InstallError
 from agent.host.paths import CACHE_DIR, SMI
+from agent.host.procs import refuse_running_installer
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.host.systemd import host_has_systemd, unit_status
@@ -135,6 +136,7 @@ def uninstall(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, 
         steps.append(("purge", lambda: purge_cache(root)))
     wait = settings.wait_lock
     with kit.lock(root, wait=wait, timeout=settings.install_timeout if wait else None):
+        refuse_running_installer(root)  # never uninstall under a running installer
         for name, action in steps:
             log.info("step_started", name=name)
             try:

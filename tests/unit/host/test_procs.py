@@ -39,3 +39,26 @@ def test_running_installers_skips_zombies_and_others(tmp_path):
 
 def test_no_proc_means_none(tmp_path):
     assert running_installers(HostRoot(tmp_path)) == []
+
+
+def test_refusal_names_the_pid_and_is_exit_8(tmp_path):
+    from agent.errors import InstallerRunning
+    from agent.host.procs import refuse_running_installer
+
+    refuse_running_installer(HostRoot(tmp_path))  # none: no error
+    proc(tmp_path, 4242, ["sh", "./NVIDIA-Linux-x86_64-580.105.08-grid-azure.run", "-s"])
+    with pytest.raises(InstallerRunning, match="pid 4242") as err:
+        refuse_running_installer(HostRoot(tmp_path))
+    assert err.value.exit_code == 8
+
+
+def test_uninstall_refuses_under_a_running_installer(tmp_path):
+    from agent.errors import InstallerRunning
+    from agent.install.uninstall import uninstall
+    from tests.unit.install.fakehost import FakeNode, settings
+
+    node = FakeNode(HostRoot(tmp_path))
+    proc(tmp_path, 77, ["/tmp/x/nvidia-installer", "--silent"])
+    with pytest.raises(InstallerRunning):
+        uninstall(settings(), node.root, object(), node.kit(), purge=False)
+    assert node.calls == []
