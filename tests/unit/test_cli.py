@@ -93,3 +93,15 @@ def test_an_unclassified_filesystem_error_is_the_commands_failure_with_its_path(
     err = host_file_error(command, IsADirectoryError(21, "Is a directory", "/run/grid-agent/lock"))
     assert err.exit_code == code
     assert "filesystem error at /run/grid-agent/lock: Is a directory" in err.line()
+
+
+@pytest.mark.parametrize(("env", "value"), [
+    ("GRID_AGENT_WATCH_INTERVAL", "inf"), ("GRID_AGENT_INSTALL_TIMEOUT", "1e309"),
+    ("GRID_AGENT_DPKG_LOCK_WAIT", "99999999999"), ("GRID_AGENT_DRIVER_VERSION", "580/../x"),
+    ("GRID_AGENT_DRIVER_URL", "https://h/x%00.run"), ("GRID_AGENT_LISTEN", "nowhere:9402"),
+    ("GRID_AGENT_DRIVER_URL", "https://h/" + "n" * 300 + ".run")])
+def test_hostile_settings_exit_2_naming_the_variable(monkeypatch, term, env, value):
+    path, environ = term
+    monkeypatch.setenv(env, value)
+    assert run_cli(["install", "--dry-run"], environ) == 2
+    assert env in path.read_text()
