@@ -18,6 +18,7 @@ from agent.install.staging import verified_copy
 
 log = structlog.get_logger(__name__)
 
+MAX_LOG_BYTES = 64 << 20  # an installer log is ~100 KiB; never read a runaway one whole
 MODULE_TYPE_VAR = "GRID_AGENT_KERNEL_MODULE_TYPE"
 # The only signal of a GPU that the proprietary module cannot drive: the kernel's NVRM line
 # (modprobe fails, or the module loads and finds no device). The real installer never says
@@ -74,12 +75,13 @@ def choose_module_type(requested: str, recommended: str | None = None,
     return ModuleChoice(requested, requested == "proprietary", requested)
 
 
-def installer_argv(run_path: str, module_type: str, *, dkms: bool) -> list[str]:
+def installer_argv(run_path: str, module_type: str, *, dkms: bool,
+                   log_file: str = INSTALLER_LOG) -> list[str]:
     """`sh <run> --silent --no-drm -M <type> [--dkms] --log-file-name=<ours>`."""
     argv = ["sh", run_path, "--silent", "--no-drm", "-M", module_type]
     if dkms:
         argv.append("--dkms")
-    argv.append(f"--log-file-name={INSTALLER_LOG}")
+    argv.append(f"--log-file-name={log_file}")
     return argv
 
 
@@ -133,6 +135,16 @@ def _set_aside_old_log(root: HostRoot) -> None:
     root.rename(INSTALLER_LOG, PurePosixPath(INSTALLER_LOG).name + ".old")
 
 
+def _publish_log(root: HostRoot, private_log: str) -> None:
+    data = root.read_nofollow(private_log, limit=MAX_LOG_BYTES)
+    if data is None:
+        return  # the installer wrote none (it failed before opening it)
+    try:
+        root.write_file(INSTALLER_LOG, data, mode=0o644)
+    except (OSError, InstallError) as exc:  # the log is a courtesy; the result stands
+        log.warning("installer_log_unpublished", path=INSTALLER_LOG, error=str(exc))
+
+
 def run_installer(root: HostRoot, runner: HostRunner, run_path: str, module_type: str, *,
                   timeout: float, cc: str | None = None) -> None:
     """Run a verified private copy of the cached `.run`; InstallerFailed with its ERROR lines.
@@ -141,12 +153,22 @@ def run_installer(root: HostRoot, runner: HostRunner, run_path: str, module_type
     _set_aside_old_log(root)
     try:
         with verified_copy(root, run_path) as private:
-            argv = installer_argv(private, module_type, dkms=root.which("dkms") is not None)
+            # The installer (root) opens its log with fopen("w"), following links: it
+            # writes it in the private directory, and the log is published by rename
+            # afterwards, so a link planted in /var/log (group syslog on Ubuntu) cannot
+            # steer a root write (issue 12).
+            private_log = f"{PurePosixPath(private).parent}/{PurePosixPath(INSTALLER_LOG).name}"
+            argv = installer_argv(private, module_type, dkms=root.which("dkms") is not None,
+                                  log_file=private_log)
             log.info("installer_started", argv=argv, module_type=module_type, cc=cc,
-                     cached=run_path)
-            result = runner.run(argv, timeout=timeout, env=installer_env(cc))
+                     cached=run_path, log=INSTALLER_LOG)
+            try:
+                result = runner.run(argv, timeout=timeout, env=installer_env(cc))
+            finally:
+                _publish_log(root, private_log)
     except HostCommandError as exc:
-        text = root.read_text(INSTALLER_LOG, "") or ""
+        text = (root.read_nofollow(INSTALLER_LOG, limit=MAX_LOG_BYTES) or b"").decode(
+            errors="replace")
         errors = error_lines(text) or error_lines(exc.stdout + "\n" + exc.stderr)
         why = " | ".join(errors) or exc.message
         raise InstallerFailed(f"driver installer failed (-M {module_type}): {why}",

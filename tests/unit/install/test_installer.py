@@ -32,7 +32,7 @@ NVRM = ("[ 12.3] NVRM: The NVIDIA GPU 0000:00:02.0 (PCI ID: 10de:2bb5) installed
 
 
 class ScriptedRunner:
-    """Plays the host: answers by argv, optionally writing the installer log first."""
+    """Plays the host: answers by argv, optionally writing the log its argv names first."""
 
     def __init__(self, root, *, rc=0, stdout="", log_text=None):
         self.root, self.rc, self.stdout, self.log_text = root, rc, stdout, log_text
@@ -40,8 +40,9 @@ class ScriptedRunner:
 
     def run(self, argv, *, timeout=None, check=True, **_):
         self.argvs.append((list(argv), timeout))
-        if self.log_text is not None:
-            path = self.root.path(inst.INSTALLER_LOG)
+        logs = [a.split("=", 1)[1] for a in argv if a.startswith("--log-file-name=")]
+        if self.log_text is not None and logs:
+            path = self.root.path(logs[0])  # written as the installer does: links followed
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(self.log_text)
         if check and self.rc:
@@ -194,3 +195,25 @@ def test_the_kernels_compiler_goes_in_the_installers_environment(root):
     inst.run_installer(root, EnvRunner(root), cached(root), "open", timeout=10, cc="gcc-12")
     inst.run_installer(root, EnvRunner(root), cached(root), "open", timeout=10)
     assert envs == [{"CC": "gcc-12", "MAKEFLAGS": "CC=gcc-12"}, {}]
+
+
+def test_the_installer_log_is_written_privately_then_published(root, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("root:x:0:\n")
+
+    class PlantingRunner(ScriptedRunner):
+        """A syslog-group user plants a link at the log path while the installer runs."""
+
+        def run(self, argv, **kw):
+            self.root.path(inst.INSTALLER_LOG).symlink_to(victim)
+            return super().run(argv, **kw)
+
+    root.path("/var/log").mkdir(parents=True)
+    runner = PlantingRunner(root, rc=1, log_text=LOG_FAIL)
+    with pytest.raises(inst.InstallerFailed, match="Unable to load the kernel module"):
+        inst.run_installer(root, runner, cached(root), "open", timeout=10)
+    (argv, _), = runner.argvs
+    assert argv[-1].startswith("--log-file-name=/var/cache/grid-agent/.exec-")
+    assert victim.read_text() == "root:x:0:\n"  # the link was replaced, never written through
+    published = root.path(inst.INSTALLER_LOG)
+    assert not published.is_symlink() and published.read_text() == LOG_FAIL
