@@ -58,7 +58,6 @@ NEEDED = ("nvidia", "nvidia-uvm", "nvidia-modeset")
 NICE = "19"  # the build yields to everything else on the node
 RETRY_FAILED_SECONDS = 3600.0  # a failed prebuild (headers gone, build error) waits this long
 _VERSION = re.compile(rb"(?:^|\x00)version=([^\x00]+)")
-_CC_TEXT = re.compile(r'^CONFIG_CC_VERSION_TEXT="(\S+)', re.MULTILINE)
 
 
 def _now() -> str:
@@ -111,16 +110,6 @@ def built_for(root: HostRoot, pin: Pin, release: str) -> bool:
             and modules_on_disk(root, release, pin.module_version))
 
 
-def kernel_compiler(root: HostRoot, release: str) -> str | None:
-    """The compiler the kernel was built with (its .config), when the host has it."""
-    config = root.read_text(f"{MODULES_DIR}/{release}/build/.config", "") or ""
-    match = _CC_TEXT.search(config)
-    if not match:
-        return None
-    name = match.group(1)
-    return name if root.which(name) is not None else None
-
-
 def source_path(root: HostRoot, release: str) -> str:
     build = f"{MODULES_DIR}/{release}/build"
     try:
@@ -131,14 +120,10 @@ def source_path(root: HostRoot, release: str) -> str:
     return f"/usr/src/linux-headers-{release}"
 
 
-def prebuild_argv(run_path: str, module_type: str, release: str, source: str, *,
-                  compiler: str | None = None) -> list[str]:
-    """`nice sh <run> --silent --no-drm -M <type> --kernel-modules-only --kernel-name=...`."""
-    argv = ["nice", "-n", NICE]
-    if compiler:
-        # An environment CC alone never reaches kbuild's compile: MAKEFLAGS does (compiler.py).
-        argv = ["env", *(f"{k}={v}" for k, v in installer_env(compiler).items()), *argv]
-    return [*argv, "sh", run_path, "--silent", "--no-drm", "-M", module_type,
+def prebuild_argv(run_path: str, module_type: str, release: str, source: str) -> list[str]:
+    """`nice sh <run> --silent --no-drm -M <type> --kernel-modules-only --kernel-name=...`;
+    the kernel's compiler goes in the environment (CC and MAKEFLAGS=CC=, compiler.py)."""
+    return ["nice", "-n", NICE, "sh", run_path, "--silent", "--no-drm", "-M", module_type,
             "--kernel-modules-only", f"--kernel-name={release}",
             f"--kernel-source-path={source}", "--no-kernel-module-source",
             f"--log-file-name={prebuild_log(release)}"]
@@ -229,12 +214,14 @@ class Prebuilder:
         modver = self.pin.module_version
         if modules_on_disk(self.root, release, modver):
             return "on_disk"  # DKMS's kernel hook, or a run killed after the installer
+        wait = self.settings.dpkg_lock_wait
         if not self.kit.headers_present(self.root, release):
-            self.kit.ensure_build_deps(self.root, self.runner, release,
-                                       lock_wait=self.settings.dpkg_lock_wait)
+            self.kit.ensure_build_deps(self.root, self.runner, release, lock_wait=wait)
+        # That kernel's own compiler (compiler.py), installed through apt when missing.
+        cc = self.kit.ensure_compiler(self.root, self.runner, release, lock_wait=wait).cc
         if dkms_registered(self.root, modver):
             self._run(["nice", "-n", NICE, "dkms", "install", "-m", "nvidia", "-v", modver,
-                       "-k", release], release)
+                       "-k", release], release, cc)
             how = "dkms"
         else:
             self._clear_partial(release)
@@ -242,9 +229,8 @@ class Prebuilder:
             run_path = inst.host_path_of(self.root, path)
             with verified_copy(self.root, run_path) as private:  # what runs was verified
                 argv = prebuild_argv(private, record.module_type, release,
-                                     source_path(self.root, release),
-                                     compiler=kernel_compiler(self.root, release))
-                self._run(argv, release)
+                                     source_path(self.root, release))
+                self._run(argv, release, cc)
             how = "installer"
         if not modules_on_disk(self.root, release, modver):
             raise inst.InstallerFailed(
@@ -259,10 +245,10 @@ class Prebuilder:
             log.info("prebuild_partial_removed", path=host_path)
             self.root.unlink(host_path)  # the entry itself, through the door
 
-    def _run(self, argv: list[str], release: str) -> None:
-        log.info("prebuild_command", kernel_release=release, argv=argv)
+    def _run(self, argv: list[str], release: str, cc: str | None) -> None:
+        log.info("prebuild_command", kernel_release=release, argv=argv, cc=cc)
         try:
-            self.runner.run(argv, timeout=self.settings.install_timeout)
+            self.runner.run(argv, timeout=self.settings.install_timeout, env=installer_env(cc))
         except HostCommandError as exc:
             text = self.root.read_text(prebuild_log(release), "") or ""
             errors = inst.error_lines(text) or inst.error_lines(exc.stdout + "\n" + exc.stderr)

@@ -39,7 +39,10 @@ def running_driver(simnode):
 
 
 def ko_vermagic(path):
-    data = path.read_bytes()
+    return ko_vermagic_bytes(path.read_bytes())
+
+
+def ko_vermagic_bytes(data):
     start = data.index(b"vermagic=") + 9
     return data[start:data.index(b"\0", start)].decode().split()[0]
 
@@ -57,9 +60,9 @@ def test_prebuild_for_the_next_kernel_then_the_reboot_is_a_fast_path(simnode, ca
     argv = again.named("prebuild_command")[0]["argv"]
     assert {"--kernel-modules-only", f"--kernel-name={next_kernel}", "--no-kernel-module-source",
             "-M", "--no-drm"} <= set(argv)
-    assert argv[argv.index("nice"):][:3] == ["nice", "-n", "19"]
-    # The kernel's own compiler, from its .config (Debian's: gcc-12).
-    assert argv[:2] == ["env", "CC=gcc-12"], argv
+    assert argv[:3] == ["nice", "-n", "19"]
+    # The kernel's compiler is this machine's gcc-12 too: nothing to pass (compiler.py).
+    assert again.named("prebuild_command")[0]["cc"] is None
     entry = record(simnode)["prebuilds"][next_kernel]
     assert entry["outcome"] == "built" and entry["error"] == "", entry
     assert entry["version"] == "580.105.08-grid-azure" and entry["how"] == "installer"
@@ -162,3 +165,28 @@ def test_watch_prebuilds_a_new_kernel_but_never_under_someone_elses_lock(simnode
         os.close(fd)
         assert watch.stop() == 0
     assert running_driver(simnode) == before
+
+
+def test_prebuild_uses_the_next_kernels_compiler_with_the_real_kbuild(simnode, next_kernel,
+                                                                      http_server, tmp_path):
+    """host-gcc-11: the node's gcc is 11, the next kernel was built by gcc-12; the .run has
+    no prebuilt modules, so the prebuild is the real kbuild against that kernel's headers."""
+    import hashlib
+
+    from tests.e2e.installrun import catalog_env
+    from tests.simnode.driver_run import build_fake_run
+
+    run = build_fake_run(tmp_path / "uncached", releases=[])
+    http_server.add(f"/u/{run.name}", run.read_bytes())
+    env = catalog_env(http_server.url(f"/u/{run.name}"),
+                      hashlib.sha256(run.read_bytes()).hexdigest())
+    simnode.set_scenarios("host-gcc-11")
+    assert install(simnode, env).returncode == 0  # installs gcc-12 for the running kernel
+    simnode.install_kernel(next_kernel)
+    again = install(simnode, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not again.named("prebuild_failed"), again.named("prebuild_failed")
+    assert again.named("prebuild_command")[0]["cc"] == "gcc-12"
+    assert record(simnode)["prebuilds"][next_kernel]["outcome"] == "built"
+    ko = next(simnode.path(f"/lib/modules/{next_kernel}").rglob("nvidia.ko")).read_bytes()
+    assert ko_vermagic_bytes(ko) == next_kernel and b"GCC: (Debian 12.2.0" in ko
