@@ -88,11 +88,14 @@ def prebuild(stage: Path, releases: list[str]) -> None:
 
 
 def build_fake_run(out_dir: Path, version: str = "580.105.08-grid-azure", *,
-                   releases: list[str] | None = None) -> Path:
+                   releases: list[str] | None = None,
+                   nvidia_sources: Path | None = None) -> Path:
     """Make `<out_dir>/NVIDIA-Linux-x86_64-<version>.run`; returns its path.
 
     `releases` are the kernel releases whose .ko files are built now and cached in the
     archive (default: every Debian headers release here; [] = kbuild at install time).
+    `nvidia_sources`: NVIDIA's real kernel interface tree (realparts.kernel_tree()) as the
+    archive's `kernel/`, built at install time by its own Makefile and the real kbuild.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -108,6 +111,9 @@ def build_fake_run(out_dir: Path, version: str = "580.105.08-grid-azure", *,
         (stage / "grid-sim.json").write_text(
             json.dumps({"version": version, "module_version": modver}) + "\n")
         write_module_sources(stage, modver)
+        if nvidia_sources is not None:
+            shutil.rmtree(stage / "kernel")
+            shutil.copytree(nvidia_sources, stage / "kernel", symlinks=True)
         build_nvml(stage, modver)
         prebuild(stage, machine_kernel_releases() if releases is None else releases)
         header = pass_through_header(Path(tmp) / "header.sh")

@@ -11,6 +11,7 @@ unpacked with `dpkg-deb -x` into a cache and copied into a simulated host only.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -72,3 +73,25 @@ def put_real_smi(node, *, with_nvml: bool = True) -> None:
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(lib)
+
+
+def kernel_tree() -> Path:
+    """NVIDIA's real kernel interface sources (nvidia-kernel-source's tarball), unpacked once:
+    the tree nvidia-installer builds (Makefile, Kbuild, conftest.sh, nvidia*/, the
+    nv-kernel.o_binary core)."""
+    dest = UNPACKED / "nvidia-kernel-tree"
+    tree = dest / "modules" / "nvidia-kernel"
+    if not (tree / "conftest.sh").exists():
+        tarball = unpacked("nvidia-kernel-source") / KERNEL_TARBALL
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        subprocess.run(["tar", "-xJf", str(tarball), "-C", str(dest)], check=True)
+    return tree
+
+
+def source_version(tree: Path) -> str:
+    """The release of an NVIDIA kernel source tree (its Kbuild's -DNV_VERSION_STRING)."""
+    found = re.search(r'-DNV_VERSION_STRING=\\"([0-9.]+)\\"', (tree / "Kbuild").read_text())
+    if found is None:
+        raise ValueError(f"no NV_VERSION_STRING in {tree / 'Kbuild'}")
+    return found.group(1)
