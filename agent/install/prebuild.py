@@ -68,13 +68,14 @@ def prebuilds(root: HostRoot) -> dict[str, dict[str, Any]]:
     return read_prebuilds(root)  # the same reader the metrics use (well-formed entries only)
 
 
-def _ko_files(root: HostRoot, release: str) -> dict[str, Path]:
+def _ko_files(root: HostRoot, release: str) -> dict[str, list[Path]]:
+    """Every nvidia*.ko under the release's tree by module name (kernel/, updates/dkms/...)."""
     base = root.path(f"{MODULES_DIR}/{release}")
-    out: dict[str, Path] = {}
+    out: dict[str, list[Path]] = {}
     try:
-        for path in base.rglob("nvidia*.ko*"):
+        for path in sorted(base.rglob("nvidia*.ko*")):
             name = path.name.split(".ko")[0].replace("_", "-")
-            out.setdefault(name, path)
+            out.setdefault(name, []).append(path)
     except OSError:
         pass
     return out
@@ -93,14 +94,8 @@ def _ko_version(path: Path) -> str | None:
 def modules_on_disk(root: HostRoot, release: str, module_version: str) -> bool:
     """Every module the load step needs is under /lib/modules/<release>, this version."""
     files = _ko_files(root, release)
-    for name in NEEDED:
-        path = files.get(name)
-        if path is None:
-            return False
-        version = _ko_version(path)
-        if version is not None and version != module_version:
-            return False
-    return True
+    return all(any(_ko_version(path) in (None, module_version) for path in files.get(name, []))
+               for name in NEEDED)
 
 
 def built_for(root: HostRoot, pin: Pin, release: str) -> bool:
@@ -233,14 +228,16 @@ class Prebuilder:
                 self._run(argv, release, cc)
             how = "installer"
         if not modules_on_disk(self.root, release, modver):
-            raise inst.InstallerFailed(
+            missing = inst.InstallerFailed(
                 f"prebuild for {release} finished but {', '.join(NEEDED)} {modver} are not "
                 f"under {MODULES_DIR}/{release}", [])
+            missing.remedy = f"see {prebuild_log(release)} on the node"
+            raise missing
         return how
 
     def _clear_partial(self, release: str) -> None:
         """Files a killed attempt left for this (non-running) kernel: never the running one's."""
-        for path in _ko_files(self.root, release).values():
+        for path in (p for paths in _ko_files(self.root, release).values() for p in paths):
             host_path = self.root.host_path(path)
             log.info("prebuild_partial_removed", path=host_path)
             self.root.unlink(host_path)  # the entry itself, through the door
@@ -253,8 +250,9 @@ class Prebuilder:
             text = self.root.read_text(prebuild_log(release), "") or ""
             errors = inst.error_lines(text) or inst.error_lines(exc.stdout + "\n" + exc.stderr)
             why = " | ".join(errors) or exc.message
-            raise inst.InstallerFailed(f"prebuild for kernel {release} failed: {why}",
-                                       errors) from exc
+            failed = inst.InstallerFailed(f"prebuild for kernel {release} failed: {why}", errors)
+            failed.remedy = f"see {prebuild_log(release)} on the node"
+            raise failed from exc
 
     def run_pending(self, running: str, *, limit: int | None = None) -> list[str]:
         """Build for each pending kernel (one at a time); returns the releases attempted."""

@@ -1,0 +1,85 @@
+"""Prebuilder with a fake kit and real files: DKMS path, failures recorded, never raised."""
+
+import pytest
+
+from agent.driver.record import read_prebuilds
+from agent.host.root import HostRoot
+from agent.host.runner import HostRunner
+from agent.install.pin import resolve_pin
+from agent.install.pipeline import install
+from agent.install.prebuild import Prebuilder
+from tests.unit.install.fakehost import FakeNode, settings
+
+NEXT = "6.8.0-1021-azure"
+MODVER = "580.105.08"
+DKMS = ["nice", "-n", "19", "dkms", "install", "-m", "nvidia", "-v", MODVER, "-k", NEXT]
+
+
+@pytest.fixture
+def node(tmp_path):
+    node = FakeNode(HostRoot(tmp_path))
+    assert install(settings(), node.root, HostRunner(pid=None), node.kit()).outcome == \
+        "installed"
+    for release in (node.kernel, NEXT):
+        node.root.path(f"/lib/modules/{release}/kernel").mkdir(parents=True, exist_ok=True)
+        node.root.path("/boot").mkdir(exist_ok=True)
+        node.root.path(f"/boot/vmlinuz-{release}").write_bytes(b"MZ")
+    return node
+
+
+def dkms_host(node):
+    dkms = node.root.path("/usr/sbin/dkms")
+    dkms.parent.mkdir(parents=True, exist_ok=True)
+    dkms.write_text("#!/bin/sh\n")
+    dkms.chmod(0o755)
+    conf = node.root.path(f"/usr/src/nvidia-{MODVER}/dkms.conf")
+    conf.parent.mkdir(parents=True)
+    conf.write_text('PACKAGE_NAME="nvidia"\n')
+
+
+def builder(node):
+    s = settings()
+    return Prebuilder(s, node.root, HostRunner(pid=None), node.kit(), resolve_pin(s, node.kit()))
+
+
+def modules_built(node):
+    dest = node.root.path(f"/lib/modules/{NEXT}/updates/dkms")
+    dest.mkdir(parents=True)
+    for name in ("nvidia", "nvidia-uvm", "nvidia-modeset"):
+        (dest / f"{name}.ko").write_bytes(b"\x00version=" + MODVER.encode() + b"\x00")
+
+
+def test_a_dkms_registered_driver_is_built_with_dkms_install(node, fp):
+    dkms_host(node)
+    fp.register(DKMS, callback=lambda process: modules_built(node))
+    assert builder(node).run_pending(node.kernel) == [NEXT]
+    entry = read_prebuilds(node.root)[NEXT]
+    assert (entry["outcome"], entry["how"], entry["error"]) == ("built", "dkms", "")
+    assert fp.call_count(DKMS) == 1
+    assert builder(node).run_pending(node.kernel) == []  # built: nothing more to do
+
+
+def test_a_failed_build_is_recorded_never_raised_and_not_retried_at_once(node, fp):
+    dkms_host(node)
+    fp.register(DKMS, returncode=10, stderr="Error! Bad return status for module build")
+    assert builder(node).run_pending(node.kernel) == [NEXT]
+    entry = read_prebuilds(node.root)[NEXT]
+    assert entry["outcome"] == "failed" and "prebuild for kernel" in entry["error"]
+    assert builder(node).run_pending(node.kernel) == []  # backoff: not every cycle
+
+
+def test_modules_already_on_disk_count_as_built_without_a_build(node):
+    modules_built(node)  # DKMS's kernel hook did it, or a killed run got that far
+    assert builder(node).run_pending(node.kernel) == [NEXT]
+    assert read_prebuilds(node.root)[NEXT]["how"] == "on_disk"
+
+
+def test_a_modules_version_mismatch_is_not_built(node, fp):
+    dest = node.root.path(f"/lib/modules/{NEXT}/kernel/drivers/video")
+    dest.mkdir(parents=True)
+    for name in ("nvidia", "nvidia-uvm", "nvidia-modeset"):
+        (dest / f"{name}.ko").write_bytes(b"\x00version=570.172.08\x00")
+    dkms_host(node)
+    fp.register(DKMS, callback=lambda process: modules_built(node))
+    assert builder(node).run_pending(node.kernel) == [NEXT]
+    assert read_prebuilds(node.root)[NEXT]["outcome"] == "built"
