@@ -379,3 +379,20 @@ def test_settings_carry_the_bounds():
         "GRID_AGENT_DOWNLOAD_DEADLINE": "600", "GRID_AGENT_DOWNLOAD_MIN_RATE": "1024",
         "GRID_AGENT_DOWNLOAD_MAX_MB": "512"}))
     assert (opts.deadline, opts.min_rate, opts.max_bytes) == (600.0, 1024, 512 << 20)
+
+
+def test_sigterm_mid_download_stops_it_and_leaves_no_partial_file(http_server, fetch, root):
+    import os
+    import signal
+    import threading
+
+    from agent.errors import Terminated
+    from agent.signals import terminate_on_signals
+
+    release = served(http_server, Reply.drip(1024, 0.05))  # about a minute of body
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    began = time.monotonic()
+    with pytest.raises(Terminated), terminate_on_signals():
+        fetch(release, min_rate=0)
+    assert time.monotonic() - began < 5
+    assert cache_files(root) == []
