@@ -135,14 +135,20 @@ def _set_aside_old_log(root: HostRoot) -> None:
     root.rename(INSTALLER_LOG, PurePosixPath(INSTALLER_LOG).name + ".old")
 
 
-def _publish_log(root: HostRoot, private_log: str) -> None:
-    data = root.read_nofollow(private_log, limit=MAX_LOG_BYTES)
+def private_log(private_run: str, host_log: str) -> str:
+    """Where a run's log goes while it runs: beside the private copy (root-only)."""
+    return f"{PurePosixPath(private_run).parent}/{PurePosixPath(host_log).name}"
+
+
+def publish_log(root: HostRoot, private: str, host_log: str = INSTALLER_LOG) -> None:
+    """Move the installer's log to where people look for it, by rename (no link followed)."""
+    data = root.read_nofollow(private, limit=MAX_LOG_BYTES)
     if data is None:
         return  # the installer wrote none (it failed before opening it)
     try:
-        root.write_file(INSTALLER_LOG, data, mode=0o644)
+        root.write_file(host_log, data, mode=0o644)
     except (OSError, InstallError) as exc:  # the log is a courtesy; the result stands
-        log.warning("installer_log_unpublished", path=INSTALLER_LOG, error=str(exc))
+        log.warning("installer_log_unpublished", path=host_log, error=str(exc))
 
 
 def run_installer(root: HostRoot, runner: HostRunner, run_path: str, module_type: str, *,
@@ -157,15 +163,15 @@ def run_installer(root: HostRoot, runner: HostRunner, run_path: str, module_type
             # writes it in the private directory, and the log is published by rename
             # afterwards, so a link planted in /var/log (group syslog on Ubuntu) cannot
             # steer a root write (issue 12).
-            private_log = f"{PurePosixPath(private).parent}/{PurePosixPath(INSTALLER_LOG).name}"
+            own_log = private_log(private, INSTALLER_LOG)
             argv = installer_argv(private, module_type, dkms=root.which("dkms") is not None,
-                                  log_file=private_log)
+                                  log_file=own_log)
             log.info("installer_started", argv=argv, module_type=module_type, cc=cc,
                      cached=run_path, log=INSTALLER_LOG)
             try:
                 result = runner.run(argv, timeout=timeout, env=installer_env(cc))
             finally:
-                _publish_log(root, private_log)
+                publish_log(root, own_log)
     except HostCommandError as exc:
         text = (root.read_nofollow(INSTALLER_LOG, limit=MAX_LOG_BYTES) or b"").decode(
             errors="replace")

@@ -115,13 +115,14 @@ def source_path(root: HostRoot, release: str) -> str:
     return f"/usr/src/linux-headers-{release}"
 
 
-def prebuild_argv(run_path: str, module_type: str, release: str, source: str) -> list[str]:
+def prebuild_argv(run_path: str, module_type: str, release: str, source: str, *,
+                  log_file: str | None = None) -> list[str]:
     """`nice sh <run> --silent --no-drm -M <type> --kernel-modules-only --kernel-name=...`;
     the kernel's compiler goes in the environment (CC and MAKEFLAGS=CC=, compiler.py)."""
     return ["nice", "-n", NICE, "sh", run_path, "--silent", "--no-drm", "-M", module_type,
             "--kernel-modules-only", f"--kernel-name={release}",
             f"--kernel-source-path={source}", "--no-kernel-module-source",
-            f"--log-file-name={prebuild_log(release)}"]
+            f"--log-file-name={log_file or prebuild_log(release)}"]
 
 
 def prebuild_log(release: str) -> str:
@@ -223,9 +224,10 @@ class Prebuilder:
             path = Path(self.kit.ensure_installer(self.pin.release, self.root, self.settings))
             run_path = inst.host_path_of(self.root, path)
             with verified_copy(self.root, run_path) as private:  # what runs was verified
+                own_log = inst.private_log(private, prebuild_log(release))
                 argv = prebuild_argv(private, record.module_type, release,
-                                     source_path(self.root, release))
-                self._run(argv, release, cc)
+                                     source_path(self.root, release), log_file=own_log)
+                self._run(argv, release, cc, own_log)
             how = "installer"
         if not modules_on_disk(self.root, release, modver):
             missing = inst.InstallerFailed(
@@ -242,12 +244,19 @@ class Prebuilder:
             log.info("prebuild_partial_removed", path=host_path)
             self.root.unlink(host_path)  # the entry itself, through the door
 
-    def _run(self, argv: list[str], release: str, cc: str | None) -> None:
+    def _run(self, argv: list[str], release: str, cc: str | None,
+             own_log: str | None = None) -> None:
         log.info("prebuild_command", kernel_release=release, argv=argv, cc=cc)
         try:
-            self.runner.run(argv, timeout=self.settings.install_timeout, env=installer_env(cc))
+            try:
+                self.runner.run(argv, timeout=self.settings.install_timeout,
+                                env=installer_env(cc))
+            finally:
+                if own_log is not None:  # written privately, published by rename
+                    inst.publish_log(self.root, own_log, prebuild_log(release))
         except HostCommandError as exc:
-            text = self.root.read_text(prebuild_log(release), "") or ""
+            text = (self.root.read_nofollow(prebuild_log(release), limit=inst.MAX_LOG_BYTES)
+                    or b"").decode(errors="replace")
             errors = inst.error_lines(text) or inst.error_lines(exc.stdout + "\n" + exc.stderr)
             why = " | ".join(errors) or exc.message
             failed = inst.InstallerFailed(f"prebuild for kernel {release} failed: {why}", errors)
