@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.catalog import known_bad_kernel
+from agent.driver.record import read_record
 from agent.handoff import inspect_handoff
 from agent.host.paths import CACHE_DIR, GRIDD_CONF, RECORD
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
+from agent.install import inplace, prebuild
 from agent.install import installer as inst
 from agent.install.cache import cached_path
 from agent.install.kit import Kit
@@ -42,9 +44,28 @@ def _stale_item(flow: Flow) -> PlanItem:
         return PlanItem("stale_unload", False, "no NVIDIA module in the installer's way")
     users = f"refcnt {state.refcnt}" + (f", holders {', '.join(state.holders)}"
                                         if state.holders else "")
+    busy = (f"else stage the upgrade ({flow.settings.reboot_sentinel} for the reboot "
+            "coordinator) and wait" if flow.settings.reboot_sentinel else "else reboot required")
     return PlanItem("stale_unload", True,
-                    f"driver {state.version} is loaded ({users}): unload if unused, "
-                    "else reboot required")
+                    f"driver {state.version} is loaded ({users}): unload if unused, {busy}")
+
+
+def _in_place_item(flow: Flow) -> PlanItem:
+    found = inplace.drift(flow.root)
+    if not found:
+        return PlanItem("in_place", False, "gridd.conf and persistence as last applied")
+    return PlanItem("in_place", True, "; ".join(f"{step}: {why}" for step, why in found.items()))
+
+
+def _prebuild_item(flow: Flow) -> PlanItem:
+    record = read_record(flow.root)
+    running = flow.kernel_release or (record.kernel_release if record else "")
+    pending = prebuild.Prebuilder(flow.settings, flow.root, flow.runner, flow.kit,
+                                  flow.pin).wanted(running) if running else []
+    if not pending:
+        return PlanItem("prebuild", False, "no installed kernel waits for this pin's modules")
+    return PlanItem("prebuild", True, "build for " + ", ".join(
+        f"{k.release} ({k.why})" for k in pending) + " with --kernel-modules-only, niced")
 
 
 def _installer_item(flow: Flow) -> PlanItem:
@@ -120,11 +141,13 @@ def make_plan(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit) 
         items.append(PlanItem("fast_path", False,
                               f"{flow.pin.release.version} loaded and recorded: verify, "
                               "then only (re)publish"))
+        items.append(_in_place_item(flow))
     else:
         items.append(PlanItem("fast_path", False, f"not taken: {refusal}"))
         items += _full_items(flow)
     items.append(_handoff_item(root))
     items.append(PlanItem("record", True, f"write {RECORD}"))
+    items.append(_prebuild_item(flow))
     return items
 
 

@@ -22,7 +22,7 @@ def test_fresh_node_plans_every_step_and_changes_nothing(node):
     items = plan(node)
     assert list(items) == ["gate", "fast_path", "preflight", "download", "packages",
                            "stale_unload", "nouveau", "installer", "load", "persistence",
-                           "licensing", "verify", "publish", "record"]
+                           "licensing", "verify", "publish", "record", "prebuild"]
     assert items["installer"].acts and "no install record" in items["installer"].why
     assert "proprietary" in items["installer"].why
     assert not items["stale_unload"].acts
@@ -37,6 +37,23 @@ def test_old_driver_in_use_is_named(node):
     node.state = State(True, "570.1", "proprietary", 2, ("nvidia_uvm",))
     item = plan(node)["stale_unload"]
     assert item.acts and "570.1" in item.why and "nvidia_uvm" in item.why
+    assert item.why.endswith("else reboot required")
+    staged = plan(node, reboot_sentinel="/var/run/reboot-required")["stale_unload"]
+    assert "stage the upgrade (/var/run/reboot-required" in staged.why
+
+
+def test_the_fast_path_plans_in_place_changes_and_prebuilds(node):
+    pipeline.install(settings(), node.root, object(), node.kit())
+    items = plan(node)
+    assert not items["in_place"].acts and not items["prebuild"].acts
+    node.root.path("/var/lib/grid-agent/gridd.conf.sha256").write_text("0" * 64 + "\n")
+    nxt = "6.8.0-1021-azure"
+    node.root.path(f"/lib/modules/{nxt}").mkdir(parents=True)
+    node.root.path("/boot").mkdir()
+    node.root.path(f"/boot/vmlinuz-{nxt}").write_bytes(b"MZ")
+    items = plan(node)
+    assert items["in_place"].acts and "licensing" in items["in_place"].why
+    assert items["prebuild"].acts and nxt in items["prebuild"].why
 
 
 def test_installed_node_plans_the_fast_path(node):
