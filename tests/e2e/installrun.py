@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,37 @@ def run_agent(host_args: list[str], env: dict[str, str], *command: str, device: 
                           capture_output=True, text=True, timeout=timeout, check=False,
                           cwd=REPO)
     return AgentRun(proc.returncode, proc.stdout, proc.stderr, parse_events(proc.stderr))
+
+
+def run_agent_until(host_args: list[str], env: dict[str, str], *command: str, event: str,
+                    then, timeout: float = 300) -> tuple[AgentRun, bool]:
+    """Run the agent; the moment it logs `event`, call `then(proc)` (it is still running).
+
+    Returns the whole run and whether the event came. Waits on the agent's own log line, not
+    on the clock: a slow start-up cannot make the test race the agent. `timeout` only ends
+    a hung agent (the test then fails), it is no guess about how long anything takes.
+    """
+    proc = subprocess.Popen(agent_argv(host_args, *command), env=_environ(env), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    lines, seen = [], False
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            parsed = parse_events(line)
+            if not seen and parsed and parsed[0].get("event") == event:
+                seen = True
+                then(proc)
+        out, rest = proc.communicate()
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(lines) + rest
+    return AgentRun(proc.returncode, out, text, parse_events(text)), seen
 
 
 def _descendants(pid: int) -> list[int]:

@@ -2,8 +2,6 @@
 
 import fcntl
 import os
-import threading
-import time
 
 import pytest
 
@@ -15,6 +13,7 @@ from tests.e2e.installrun import (
     host_text,
     record,
     run_agent,
+    run_agent_until,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.simnode]
@@ -82,17 +81,28 @@ def hold_lock(simnode):
 
 def test_lock_held_exits_8_or_waits(simnode, catalog):
     fd = hold_lock(simnode)
+    lock = simnode.path("/run/grid-agent/lock")
+    released = []
+
+    def release_while_it_waits(proc):
+        # The agent said it waits: it is still running, has done nothing the lock guards
+        # (no record, its pid not written into the lock), and only now is the lock let go.
+        released.append((proc.poll(), record(simnode), lock.read_text()))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
     try:
         held = install(simnode, catalog)
         assert held.returncode == 8
         assert "holds /run/grid-agent/lock" in held.error()
         assert record(simnode) is None  # the holder's work is not ours to record
-        threading.Timer(1.0, fcntl.flock, (fd, fcntl.LOCK_UN)).start()
-        started = time.monotonic()
-        waited = install(simnode, catalog, "--wait-lock")
+        waited, saw_waiting = run_agent_until(simnode.agent_args(), catalog, "install",
+                                              "--wait-lock", event="lock_waiting",
+                                              then=release_while_it_waits)
+        assert saw_waiting, waited.stderr[-3000:]
+        assert released == [(None, None, "")]
         assert waited.returncode == 0, waited.stderr[-3000:]
-        assert time.monotonic() - started >= 1.0
-        assert waited.named("lock_waiting")
+        assert len(waited.named("lock_waiting")) == 1
+        assert record(simnode)["outcome"] == "installed"
     finally:
         os.close(fd)
 
