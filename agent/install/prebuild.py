@@ -24,6 +24,7 @@ a failure is logged and recorded, never fatal.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -286,15 +287,20 @@ def after_install(flow: Any) -> bool:
         return False
 
 
-def watch_tick(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit) -> list[str]:
+def watch_tick(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit,
+               pin: Callable[[], Any] | None = None) -> list[str]:
     """One `watch` cycle's look: file reads only, unless a kernel needs a build; then one
-    build, under the host lock taken without waiting (an install in progress wins)."""
+    build, under the host lock taken without waiting (an install in progress wins).
+
+    `pin` gives the pin (watch_loop's is resolved once per process); without it, resolved
+    here."""
     from agent.install.pin import resolve_pin
     from agent.pci import detect
 
     if not detect(kit.scan_pci(), settings.target_spec).is_target_node:
         return []
-    builder = Prebuilder(settings, root, runner, kit, resolve_pin(settings, kit))
+    builder = Prebuilder(settings, root, runner, kit,
+                         pin() if pin is not None else resolve_pin(settings, kit))
     record = builder.installed()
     if record is None or not builder.wanted(record.kernel_release):
         return []
@@ -308,17 +314,24 @@ def watch_tick(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit)
 
 def watch_loop(settings: Settings, stop: threading.Event, *, kit: Kit | None = None,
                interval: float | None = None) -> None:
-    """The sidecar's prebuild thread: a look every cycle, one build at a time, niced."""
+    """The sidecar's prebuild thread: a look every cycle, one build at a time, niced.
+
+    The settings are this process's for its whole life, so the pin is resolved once, on the
+    first cycle that needs it (not on a node that is no target): its warnings, such as
+    driver_sha256_overridden, are logged once, not every cycle. A pin that fails to resolve
+    is tried again next cycle."""
     from agent.host import open_doors
     from agent.install.kit import real_kit
+    from agent.install.pin import resolve_pin
 
     root, runner = open_doors(settings)
     kit = kit or real_kit()
+    pin = functools.cache(functools.partial(resolve_pin, settings, kit))
     _lower_priority()
     every = settings.watch_interval if interval is None else interval
     while not stop.is_set():
         try:
-            watch_tick(settings, root, runner, kit)
+            watch_tick(settings, root, runner, kit, pin)
         except Exception as exc:  # the loop outlives any one bad cycle; the log says why
             log.exception("prebuild_cycle_crashed", error=repr(exc))
         stop.wait(every)

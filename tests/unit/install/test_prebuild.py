@@ -1,14 +1,19 @@
 """Prebuilder with a fake kit and real files: DKMS path, failures recorded, never raised."""
 
-import pytest
+import dataclasses
+import threading
 
+import pytest
+from structlog.testing import capture_logs
+
+from agent.catalog import resolve_release
 from agent.driver.record import read_prebuilds
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.install.pin import resolve_pin
 from agent.install.pipeline import install
-from agent.install.prebuild import Prebuilder
-from tests.unit.install.fakehost import FakeNode, settings
+from agent.install.prebuild import Prebuilder, watch_loop
+from tests.unit.install.fakehost import RUN_SHA256, FakeNode, settings
 
 NEXT = "6.8.0-1021-azure"
 MODVER = "580.105.08"
@@ -83,3 +88,31 @@ def test_a_modules_version_mismatch_is_not_built(node, fp):
     fp.register(DKMS, callback=lambda process: modules_built(node))
     assert builder(node).run_pending(node.kernel) == [NEXT]
     assert read_prebuilds(node.root)[NEXT]["outcome"] == "built"
+
+
+def test_watch_resolves_the_pin_once_so_an_override_warns_once(tmp_path):
+    # The real catalog behind the kit: its 580.105.08 pin overridden by the configured
+    # SHA-256, which resolve_release logs as a warning every time it resolves.
+    node = FakeNode(HostRoot(tmp_path))
+    s = settings(host_root=str(tmp_path), nsenter="false", driver_sha256=RUN_SHA256)
+    assert install(s, node.root, HostRunner(pid=None), node.kit()).outcome == "installed"
+    stop, looks = threading.Event(), []
+
+    def scan_pci():  # one call per cycle; the third ends the loop
+        looks.append(1)
+        if len(looks) == 3:
+            stop.set()
+        return list(node.devices)
+
+    kit = dataclasses.replace(node.kit(), scan_pci=scan_pci, resolve_release=resolve_release)
+    with capture_logs() as logs:
+        # Its own thread: watch_loop renices the thread it runs in.
+        loop = threading.Thread(target=watch_loop, args=(s, stop), kwargs={
+            "kit": kit, "interval": 0})
+        loop.start()
+        loop.join(timeout=60)
+    assert not loop.is_alive()
+    assert len(looks) == 3
+    events = [e["event"] for e in logs]
+    assert "prebuild_cycle_crashed" not in events, logs
+    assert events.count("driver_sha256_overridden") == 1
