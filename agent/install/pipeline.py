@@ -27,7 +27,7 @@ from agent.host.runner import HostRunner
 from agent.install import inplace, prebuild, upgrade
 from agent.install import installer as inst
 from agent.install.kit import Kit
-from agent.install.modules import DriverInUse
+from agent.install.modules import DriverInUse, in_use_reasons
 from agent.install.pin import Pin, record_matches, resolve_pin
 from agent.pci import detect
 from agent.settings import Settings
@@ -158,6 +158,9 @@ class Flow:
         return changed or choice.changed
 
     def do_stale_unload(self) -> bool:
+        # A busy old driver with a reboot coordinator: stage before touching anything, so
+        # the running driver keeps its hand-off until the reboot (upgrade.py).
+        self._stage_if_busy()
         # From here on the driver may change: withdraw the hand-off first, so no operator
         # pod trusts a marker while verification of the new driver has not passed.
         withdrawn = self.kit.remove_marker(self.root)
@@ -171,14 +174,25 @@ class Flow:
         try:
             unloaded = self.kit.unload_stale(self.root, self.runner, want_version=want)
         except DriverInUse as exc:
-            sentinel = self.settings.reboot_sentinel
-            if not sentinel or not self.run_path:
+            if not self.settings.reboot_sentinel or not self.run_path:
                 raise  # today's exit 6: a person drains and reboots
-            upgrade.stage(self.root, self.runner, sentinel=sentinel, pin=self.pin,
-                          run_path=self.run_path, reason=exc.message)
-            raise upgrade.Staged(f"upgrade to {self.pin.release.version} staged: waiting for "
-                                 f"a reboot ({sentinel} written)") from exc
+            self._stage(exc.message)  # users came between the look above and the unload
         return withdrawn or foreign or unloaded
+
+    def _stage_if_busy(self) -> None:
+        if not self.settings.reboot_sentinel or not self.run_path or self.install_reason is None:
+            return
+        users = in_use_reasons(self.root)
+        if users:
+            self._stage(f"the loaded NVIDIA driver is in use ({'; '.join(users)}); it cannot "
+                        f"be replaced by {self.pin.module_version} while running")
+
+    def _stage(self, reason: str) -> None:
+        sentinel = self.settings.reboot_sentinel
+        upgrade.stage(self.root, self.runner, sentinel=sentinel, pin=self.pin,
+                      run_path=self.run_path, reason=reason)
+        raise upgrade.Staged(f"upgrade to {self.pin.release.version} staged: waiting for a "
+                             f"reboot ({sentinel} written)")
 
     def do_nouveau(self) -> bool:
         outcome = self.kit.ensure_nouveau_disabled(self.root, self.runner)

@@ -12,11 +12,13 @@ import pytest
 from agent.handoff import MARKER_CONTENT
 from tests.e2e.healthrun import Watch
 from tests.e2e.installrun import (
+    MARKER,
     REPO,
     _descendants,
     _environ,
     agent_argv,
     catalog_env,
+    driver_root_mounted,
     host_text,
     record,
     run_agent,
@@ -93,6 +95,8 @@ def test_busy_node_stages_waits_and_installs_from_the_cache_after_the_reboot(
         assert f"nvidia-grid-driver-{NEW}" in host_text(simnode, ON_HOST + ".pkgs")
         assert "blacklist nvidia\n" in host_text(simnode, BLACKLIST)
         assert host_text(simnode, "/sys/module/nvidia/version") == old  # untouched
+        # The running driver keeps its hand-off until the reboot.
+        assert host_text(simnode, MARKER) == MARKER_CONTENT and driver_root_mounted(simnode)
         assert http_server.count() == 1  # the new installer is in the cache already
     finally:
         kill_tree(waiting)  # the reboot kills the pod
@@ -103,7 +107,7 @@ def test_busy_node_stages_waits_and_installs_from_the_cache_after_the_reboot(
     assert after.returncode == 0, after.stderr[-3000:]
     assert http_server.count() == 0 and len(after.named("installer_started")) == 1
     assert host_text(simnode, "/sys/module/nvidia/version").strip() == "580.126.09"
-    assert host_text(simnode, "/run/nvidia/validations/.driver-ctr-ready") == MARKER_CONTENT
+    assert host_text(simnode, MARKER) == MARKER_CONTENT
     assert "staged" not in record(simnode) and record(simnode)["version"] == NEW
     assert host_text(simnode, BLACKLIST) is None and host_text(simnode, ON_HOST) is None
 
@@ -142,6 +146,7 @@ def test_killed_while_staging_or_waiting_then_the_reboot_converges(simnode, cata
     finally:
         kill_tree(waiting)
     assert host_text(simnode, "/sys/module/nvidia/version") == old
+    assert host_text(simnode, MARKER) == MARKER_CONTENT and driver_root_mounted(simnode)
     again = start_install(simnode, upgrade)  # the restarted init container stages again
     try:
         again.wait_event("upgrade_staged_waiting", timeout=120)
