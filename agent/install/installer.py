@@ -130,9 +130,9 @@ class InstallerFailed(InstallError):
         self.errors = errors
 
 
-def _set_aside_old_log(root: HostRoot) -> None:
-    # So the ERROR lines we surface are this run's, not a previous attempt's.
-    root.rename(INSTALLER_LOG, PurePosixPath(INSTALLER_LOG).name + ".old")
+def set_aside_old_log(root: HostRoot, host_log: str = INSTALLER_LOG) -> None:
+    """`<log>.old`: so the ERROR lines we surface are this run's, not a previous attempt's."""
+    root.rename(host_log, PurePosixPath(host_log).name + ".old")
 
 
 def private_log(private_run: str, host_log: str) -> str:
@@ -156,7 +156,7 @@ def run_installer(root: HostRoot, runner: HostRunner, run_path: str, module_type
     """Run a verified private copy of the cached `.run`; InstallerFailed with its ERROR lines.
 
     `cc`: the kernel's own compiler when the host's default differs (compiler.py)."""
-    _set_aside_old_log(root)
+    set_aside_old_log(root)
     try:
         with verified_copy(root, run_path) as private:
             # The installer (root) opens its log with fopen("w"), following links: it

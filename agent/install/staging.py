@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 
 import structlog
 
-from agent.errors import InstallError, UnsafeHostPath
+from agent.errors import InstallError
 from agent.host.paths import CACHE_DIR
 from agent.host.root import HostRoot
 
@@ -66,30 +66,43 @@ def _copy(root: HostRoot, run_path: str, stage: str, filename: str) -> str:
 
 
 @contextlib.contextmanager
-def verified_copy(root: HostRoot, run_path: str) -> Iterator[str]:
-    """The host path of a private copy whose bytes hash to the cache key; removed after use.
+def private_stage(root: HostRoot) -> Iterator[str]:
+    """The host path of a fresh 0700 directory in the root-owned cache; removed after use.
 
-    The copy sits in a fresh 0700 directory of the root-owned cache: no one but root can
-    change it between this hash and the exec, so no check-to-use window is left.
+    Root-only and new: what is written there (a private copy, an installer's log) cannot be
+    swapped or steered by a link someone else planted (a killed run's is swept next time).
     """
-    sha256, filename = cache_key(run_path)
     name = f"{STAGE_PREFIX}{secrets.token_hex(6)}"
     stage = f"{CACHE_DIR}/{name}"
     sweep_stages(root)
     try:
         with root.dir_fd(CACHE_DIR, create=True) as cfd:
             os.mkdir(name, 0o700, dir_fd=cfd)
-        got = _copy(root, run_path, stage, filename)
-    except UnsafeHostPath:
-        root.remove_tree(stage)
-        raise
     except OSError as exc:
-        root.remove_tree(stage)
-        raise InstallError(f"cannot make a private copy of {run_path} in {stage}: "
-                           f"{exc.strerror or exc}",
-                           remedy="check the node's disk (the copy needs the installer's "
-                                  "size again in /var/cache)") from None
+        raise InstallError(f"cannot make a private directory {stage}: {exc.strerror or exc}",
+                           remedy="check the node's disk and /var/cache") from None
     try:
+        yield stage
+    finally:
+        root.remove_tree(stage)
+
+
+@contextlib.contextmanager
+def verified_copy(root: HostRoot, run_path: str) -> Iterator[str]:
+    """The host path of a private copy whose bytes hash to the cache key; removed after use.
+
+    The copy sits in a fresh 0700 directory of the root-owned cache (private_stage): no one
+    but root can change it between this hash and the exec, so no check-to-use window is left.
+    """
+    sha256, filename = cache_key(run_path)
+    with private_stage(root) as stage:
+        try:
+            got = _copy(root, run_path, stage, filename)
+        except OSError as exc:
+            raise InstallError(f"cannot make a private copy of {run_path} in {stage}: "
+                               f"{exc.strerror or exc}",
+                               remedy="check the node's disk (the copy needs the installer's "
+                                      "size again in /var/cache)") from None
         if got != sha256:
             root.unlink(run_path)
             log.warning("installer_changed_after_verification", path=run_path, expected=sha256,
@@ -99,8 +112,6 @@ def verified_copy(root: HostRoot, run_path: str) -> Iterator[str]:
                                remedy="retry: the agent downloads and verifies it again")
         log.debug("installer_staged", path=f"{stage}/{filename}", sha256=sha256)
         yield f"{stage}/{filename}"
-    finally:
-        root.remove_tree(stage)
 
 
 def sweep_stages(root: HostRoot) -> int:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import structlog
 
@@ -76,12 +77,28 @@ def uninstaller_argv(root: HostRoot) -> list[str] | None:
     return ["sh", inst.host_path_of(root, matching[0]), "--uninstall", "--silent"]
 
 
-def _run_uninstaller(root: HostRoot, runner: HostRunner, argv: list[str], timeout: float) -> None:
-    if argv[0] != "sh":
-        runner.run(argv, timeout=timeout)
-        return
-    with staging.verified_copy(root, argv[1]) as private:  # what runs is what was verified
-        runner.run(["sh", private, *argv[2:]], timeout=timeout)
+def _run_uninstaller(root: HostRoot, runner: HostRunner, argv: list[str],
+                     timeout: float) -> None:
+    """Run it with its log written privately, then published to UNINSTALL_LOG by rename.
+
+    The uninstaller (root) opens its log with fopen("w"), following links, and /var/log is
+    group-writable on Ubuntu (syslog): a link planted there would steer a root write
+    (issue 12). So the log goes to a fresh root-only directory (beside the verified private
+    copy of a cached .run), as the installer's does.
+    """
+    inst.set_aside_old_log(root, UNINSTALL_LOG)  # its ERROR lines are this run's
+    with contextlib.ExitStack() as stack:
+        if argv[0] == "sh":  # what runs is what was verified
+            private = stack.enter_context(staging.verified_copy(root, argv[1]))
+            argv = ["sh", private, *argv[2:]]
+            own_log = inst.private_log(private, UNINSTALL_LOG)
+        else:
+            stage = stack.enter_context(staging.private_stage(root))
+            own_log = f"{stage}/{PurePosixPath(UNINSTALL_LOG).name}"
+        try:
+            runner.run([*argv, f"--log-file-name={own_log}"], timeout=timeout)
+        finally:
+            inst.publish_log(root, own_log, UNINSTALL_LOG)
 
 
 def remove_driver(root: HostRoot, runner: HostRunner, *, timeout: float) -> bool:
@@ -95,8 +112,10 @@ def remove_driver(root: HostRoot, runner: HostRunner, *, timeout: float) -> bool
     try:
         _run_uninstaller(root, runner, argv, timeout)
     except HostCommandError as exc:
-        text = root.read_text(UNINSTALL_LOG, "") or ""
-        why = " | ".join(inst.error_lines(text)) or exc.message
+        text = (root.read_nofollow(UNINSTALL_LOG, limit=inst.MAX_LOG_BYTES) or b"").decode(
+            errors="replace")
+        why = " | ".join(inst.error_lines(text) or inst.error_lines(
+            exc.stdout + "\n" + exc.stderr)) or exc.message
         raise InstallError(f"driver uninstaller failed: {why}",
                            remedy=f"see {UNINSTALL_LOG} on the node") from exc
     return True

@@ -24,6 +24,9 @@ def test_uninstall_then_install_round_trips(simnode, catalog):
     assert record(simnode) is None
     assert not simnode.path("/sys/module/nvidia").exists()
     assert not simnode.path("/usr/bin/nvidia-smi").exists()
+    # The uninstaller's log, written in a private directory, published where people look.
+    uninstall_log = simnode.path("/var/log/nvidia-uninstall.log")
+    assert not uninstall_log.is_symlink() and "is complete" in uninstall_log.read_text()
     assert list(simnode.path("/var/cache/grid-agent").rglob("*.run"))  # kept without --purge
     again = run_agent(args, catalog, "uninstall", "--purge")
     assert again.returncode == 0, again.stderr[-3000:]

@@ -59,7 +59,8 @@ def test_run_on_a_node_without_target_says_so(node):
 
 
 def test_uninstall_prints_what_changed(node, fp):
-    fp.register(["nsenter", "--target", "1", fp.any(min=5), "--uninstall", "--silent"])
+    fp.register(["nsenter", "--target", "1", fp.any(min=5), "--uninstall", "--silent",
+                 fp.any(min=1, max=1)])  # its private --log-file-name
     install_command(conf(node), wait_lock=None, dry_run=False, echo=print, kit=node.kit())
     out = []
     uninstall_command(conf(node), wait_lock=None, purge=True, echo=out.append, kit=node.kit())

@@ -10,14 +10,22 @@ from tests.unit.install.fakehost import RUN_PATH, FakeNode, State, settings
 
 
 class Runner:
-    """Host commands by argv prefix: rc per command, everything recorded."""
+    """Host commands by argv prefix: rc per command, everything recorded; with `root` and
+    `log_text`, writes the log its argv names first, as the uninstaller does (links followed).
+    """
 
-    def __init__(self, rcs=None):
+    def __init__(self, rcs=None, *, root=None, log_text=None, before=None):
         self.rcs = rcs or {}
         self.argvs = []
+        self.root, self.log_text, self.before = root, log_text, before
 
     def run(self, argv, *, check=True, timeout=None, **_):
         self.argvs.append(list(argv))
+        if self.before is not None:
+            self.before()
+        logs = [a.split("=", 1)[1] for a in argv if a.startswith("--log-file-name=")]
+        if self.log_text is not None and logs:
+            self.root.path(logs[0]).write_text(self.log_text)
         rc = next((v for k, v in self.rcs.items() if list(argv[:len(k)]) == list(k)), 0)
         if check and rc:
             raise HostCommandError(argv, rc, "", "")
@@ -47,7 +55,9 @@ def test_uninstall_with_cached_run_then_again_changes_nothing(node):
     (_sh, private, *args), = [a for a in runner.argvs if a[0] == "sh"]
     # What ran is a verified private copy beside the cache entry, gone after the run.
     assert private.startswith("/var/cache/grid-agent/.exec-")
-    assert private.endswith(RUN_PATH.rsplit("/", 1)[1]) and args == ["--uninstall", "--silent"]
+    assert private.endswith(RUN_PATH.rsplit("/", 1)[1])
+    stage = private.rsplit("/", 1)[0]
+    assert args == ["--uninstall", "--silent", f"--log-file-name={stage}/nvidia-uninstall.log"]
     assert not node.root.path(private).parent.exists()
     assert read_record(node.root) is None and not node.marker
     assert "unload_stale" in node.names()
@@ -61,9 +71,17 @@ def test_uninstall_with_cached_run_then_again_changes_nothing(node):
 
 def test_prefers_the_installed_uninstaller(node):
     put(node.root, un.UNINSTALLER)
-    runner = Runner()
+    runner = Runner(root=node.root, log_text="Uninstallation is complete\n")
     un.uninstall(settings(), node.root, runner, node.kit(), purge=False)
-    assert [un.UNINSTALLER, "--silent"] in runner.argvs
+    (*argv, log_flag), = [a for a in runner.argvs if a[0] == un.UNINSTALLER]
+    assert argv == [un.UNINSTALLER, "--silent"]
+    # Its log too goes to a fresh root-only directory first (gone after), then /var/log.
+    assert log_flag.startswith("--log-file-name=/var/cache/grid-agent/.exec-")
+    assert log_flag.endswith("/nvidia-uninstall.log")
+    assert not node.root.path(log_flag.split("=", 1)[1]).parent.exists()
+    published = node.root.path(un.UNINSTALL_LOG)
+    assert published.read_text() == "Uninstallation is complete\n"
+    assert published.stat().st_mode & 0o777 == 0o644
 
 
 def test_modules_in_use_stop_before_the_uninstaller(node):
@@ -79,11 +97,39 @@ def test_modules_in_use_stop_before_the_uninstaller(node):
     assert read_record(node.root) is not None
 
 
-def test_uninstaller_failure_is_exit_6_with_error_lines(node):
-    put(node.root, un.UNINSTALL_LOG, "ERROR: Failed to remove /usr/bin/nvidia-smi\n", 0o644)
+def test_uninstaller_failure_is_exit_6_with_this_runs_error_lines(node):
+    put(node.root, un.UNINSTALL_LOG, "ERROR: an earlier run's line\n", 0o644)
+    runner = Runner({("sh",): 1}, root=node.root,
+                    log_text="ERROR: Failed to remove /usr/bin/nvidia-smi\n")
     with pytest.raises(InstallError, match="Failed to remove") as err:
-        un.uninstall(settings(), node.root, Runner({("sh",): 1}), node.kit(), purge=False)
+        un.uninstall(settings(), node.root, runner, node.kit(), purge=False)
     assert err.value.exit_code == 6
+    assert "earlier run" not in err.value.message
+    assert node.root.path(un.UNINSTALL_LOG + ".old").read_text() == \
+        "ERROR: an earlier run's line\n"
+
+
+@pytest.mark.parametrize("installed_uninstaller", [False, True])
+def test_a_link_planted_at_the_uninstall_log_is_never_written_through(node, tmp_path,
+                                                                     installed_uninstaller):
+    if installed_uninstaller:
+        put(node.root, un.UNINSTALLER)
+    victim = tmp_path / "victim"
+    victim.write_text("root:x:0:\n")
+    log = node.root.path(un.UNINSTALL_LOG)
+    log.parent.mkdir(parents=True, exist_ok=True)
+
+    def plant():  # a syslog-group user plants a link while the uninstaller runs
+        log.unlink(missing_ok=True)
+        log.symlink_to(victim)
+
+    runner = Runner({("sh",): 1, (un.UNINSTALLER,): 1}, root=node.root, before=plant,
+                    log_text="ERROR: Failed to remove /usr/bin/nvidia-smi\n")
+    with pytest.raises(InstallError, match="Failed to remove"):
+        un.uninstall(settings(), node.root, runner, node.kit(), purge=False)
+    assert victim.read_text() == "root:x:0:\n"  # the link was replaced, never written through
+    assert not log.is_symlink()
+    assert log.read_text() == "ERROR: Failed to remove /usr/bin/nvidia-smi\n"
 
 
 def test_systemd_units_are_disabled_and_stopped(node):
