@@ -16,7 +16,7 @@ from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.host.systemd import host_has_systemd, unit_status
 from agent.install import installer as inst
-from agent.install import staging
+from agent.install import staging, upgrade
 from agent.install.kit import Kit
 from agent.install.modules import processes_named
 from agent.settings import Settings
@@ -140,6 +140,12 @@ def _unload(root: HostRoot, runner: HostRunner, kit: Kit) -> bool:
             remedy="stop the GPU workloads (drain the node), then run uninstall again") from exc
 
 
+def _forget(root: HostRoot) -> bool:
+    """state.json, and a staged upgrade's boot guards and sentinel (upgrade.py)."""
+    staged = upgrade.clear(root, "")
+    return remove_record(root) or staged
+
+
 def uninstall(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, *,
               purge: bool) -> UninstallReport:
     """Each step is idempotent: a second uninstall changes nothing."""
@@ -149,7 +155,7 @@ def uninstall(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, 
         ("stop_daemons", lambda: stop_daemons(root, runner)),
         ("unload", lambda: _unload(root, runner, kit)),
         ("uninstaller", lambda: remove_driver(root, runner, timeout=settings.install_timeout)),
-        ("record", lambda: remove_record(root)),
+        ("record", lambda: _forget(root)),
     ]
     if purge:
         steps.append(("purge", lambda: purge_cache(root)))

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -36,7 +35,6 @@ import structlog
 from agent.driver.record import read_record
 from agent.driver.sections import read_section, write_section
 from agent.errors import AgentError, HostCommandError, InstallError
-from agent.host.files import write_atomic
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.install.modules import in_use_reasons
@@ -62,10 +60,9 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _on_host(root: HostRoot, host_path: str) -> Path:
-    """Where to write a host path whose parent may be a host symlink (/var/run -> /run)."""
-    parent = str(Path(host_path).parent)
-    return root.resolve(parent) / Path(host_path).name
+def _lines(root: HostRoot, host_path: str) -> list[str]:
+    data = root.read_nofollow(host_path)
+    return data.decode(errors="replace").splitlines() if data is not None else []
 
 
 def pkgs_line(version: str) -> str:
@@ -89,7 +86,7 @@ def stage(root: HostRoot, runner: HostRunner, *, sentinel: str, pin: Any, run_pa
                 "staged_at": _now(), "sentinel": sentinel}
     info["reason"] = reason
     write_section(root, SECTION, info)
-    write_atomic(root.path(BLACKLIST), BLACKLIST_TEXT)
+    root.write_file(BLACKLIST, BLACKLIST_TEXT)
     try:
         runner.run(["systemctl", "disable", "nvidia-persistenced.service"], check=False,
                    timeout=60)
@@ -104,24 +101,22 @@ def stage(root: HostRoot, runner: HostRunner, *, sentinel: str, pin: Any, run_pa
 
 
 def write_sentinel(root: HostRoot, sentinel: str, version: str) -> None:
-    path = _on_host(root, sentinel)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        write_atomic(path, SENTINEL_TEXT)
-    pkgs = path.with_name(path.name + ".pkgs")
-    lines = (pkgs.read_text().splitlines() if pkgs.exists() else [])
+    """Through the host door (links resolved inside the root: /var/run is /run there)."""
+    if root.read_nofollow(sentinel) is None:
+        root.write_file(sentinel, SENTINEL_TEXT)
+    lines = _lines(root, sentinel + ".pkgs")
     if pkgs_line(version) not in lines:
-        write_atomic(pkgs, "".join(f"{ln}\n" for ln in [*lines, pkgs_line(version)]))
+        root.write_file(sentinel + ".pkgs", "".join(f"{ln}\n" for ln in
+                                                     [*lines, pkgs_line(version)]))
 
 
 def clear(root: HostRoot, installed_digest: str) -> bool:
     """After an install: the staged pin (or any older staging) is done; undo the boot
     guards, and the sentinel when nothing else asked for the reboot. True if it acted."""
     info = staged_info(root)
-    blacklist = root.path(BLACKLIST)
-    if info is None and not blacklist.exists():
+    if info is None and root.read_nofollow(BLACKLIST) is None:
         return False
-    blacklist.unlink(missing_ok=True)
+    root.unlink(BLACKLIST)
     if info is not None:
         sentinel = info.get("sentinel")
         if sentinel:
@@ -134,16 +129,13 @@ def clear(root: HostRoot, installed_digest: str) -> bool:
 
 
 def _clear_sentinel(root: HostRoot, sentinel: str, version: str) -> None:
-    path = _on_host(root, sentinel)
-    pkgs = path.with_name(path.name + ".pkgs")
-    lines = pkgs.read_text().splitlines() if pkgs.exists() else []
-    rest = [ln for ln in lines if ln != pkgs_line(version)]
+    rest = [ln for ln in _lines(root, sentinel + ".pkgs") if ln != pkgs_line(version)]
     if rest:
-        write_atomic(pkgs, "".join(f"{ln}\n" for ln in rest))
+        root.write_file(sentinel + ".pkgs", "".join(f"{ln}\n" for ln in rest))
         return  # someone else (a kernel update) still wants the reboot
-    pkgs.unlink(missing_ok=True)
-    if path.exists() and path.read_text() == SENTINEL_TEXT:
-        path.unlink()
+    root.unlink(sentinel + ".pkgs")
+    if root.read_nofollow(sentinel) == SENTINEL_TEXT.encode():
+        root.unlink(sentinel)
 
 
 @dataclass

@@ -43,3 +43,18 @@ def test_the_setting_is_an_absolute_host_file(bad):
         reboot_sentinel(bad)
     assert reboot_sentinel(" /var/run/reboot-required ") == "/var/run/reboot-required"
     assert reboot_sentinel("") == ""
+
+
+def test_clear_removes_the_boot_guards_and_the_staged_section(root, tmp_path):
+    from agent.driver.sections import read_section, write_section
+
+    write_section(root, "staged", {"version": "580.126.09-grid-azure",
+                                   "sentinel": "/var/run/reboot-required"})
+    staging.write_sentinel(root, "/var/run/reboot-required", "580.126.09-grid-azure")
+    conf = root.path(staging.BLACKLIST)
+    conf.parent.mkdir(parents=True)
+    conf.write_text(staging.BLACKLIST_TEXT)
+    assert staging.clear(root, "") is True
+    assert not conf.exists() and read_section(root, "staged") is None
+    assert not (tmp_path / "run/reboot-required").exists()
+    assert staging.clear(root, "") is False  # nothing left: a second clear changes nothing
