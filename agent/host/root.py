@@ -264,7 +264,8 @@ class HostRoot:
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     raise _link_refused(str(host_path)) from None
-                raise
+                # Named by its host path (dir_fd leaves only the last component).
+                raise OSError(exc.errno, exc.strerror, str(host_path)) from None
         try:
             if owned:
                 check_owned(fd, str(host_path), "file")

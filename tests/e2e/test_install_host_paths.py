@@ -29,7 +29,7 @@ def test_a_directory_where_a_file_belongs(simnode, catalog, host_path, code, nam
 
 def test_a_full_disk_under_the_state_directory(simnode, catalog):
     simnode.exec(["sh", "-c", "mkdir -p /var/lib/grid-agent && "
-                  "mount -t tmpfs -o size=8k grid-state /var/lib/grid-agent && "
+                  "mount -t tmpfs -o size=8k,mode=0755 grid-state /var/lib/grid-agent && "
                   "dd if=/dev/zero of=/var/lib/grid-agent/fill bs=4k count=8 2>/dev/null; true"])
     try:
         run = run_agent(simnode.agent_args(), catalog, "install")

@@ -15,7 +15,7 @@ DATA = random_bytes(4 << 20)
 NAME = "NVIDIA-Linux-x86_64-580.105.08-grid-azure.run"
 # Mount a small tmpfs as the host cache (only inside this new mount namespace), run the
 # agent, then list what it left there before the namespace and its tmpfs vanish.
-SCRIPT = """mount -t tmpfs -o size=2m grid-cache "$1/var/cache/grid-agent" || exit 99
+SCRIPT = """mount -t tmpfs -o size=2m,mode=0755 grid-cache "$1/var/cache/grid-agent" || exit 99
 "$2" -m agent --no-nsenter --host-root "$1" fetch; rc=$?
 ls -A "$1/var/cache/grid-agent"; exit $rc"""
 
