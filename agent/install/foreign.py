@@ -107,12 +107,17 @@ def _dirs(root: HostRoot, host_dir: str) -> list[str]:
         return []
 
 
-def find_foreign(root: HostRoot, pin_version: str) -> ForeignDriver:
-    """Another NVIDIA driver's packages, DKMS trees and modules (files only, no process)."""
+def find_foreign(root: HostRoot, pin_version: str,
+                 ours: frozenset[str] = frozenset()) -> ForeignDriver:
+    """Another NVIDIA driver's packages, DKMS trees and modules (files only, no process).
+
+    `ours`: other versions this agent installed itself (the install record's): their DKMS
+    trees belong to a .run install, which nvidia-installer replaces by itself."""
+    ours = ours | {pin_version}
     packages = driver_packages(root.read_text(DPKG_STATUS, "") or "")
-    dkms = [v for v in _dirs(root, DKMS_TREE) if v != pin_version]
+    dkms = [v for v in _dirs(root, DKMS_TREE) if v not in ours]
     trees = [f"/usr/src/{name}" for name in _dirs(root, "/usr/src")
-             if (m := _TREE_VERSION.match(name)) and m.group(1) != pin_version]
+             if (m := _TREE_VERSION.match(name)) and m.group(1) not in ours]
     modules = []
     for release in _dirs(root, "/lib/modules"):
         updates = root.path(f"/lib/modules/{release}/updates")
@@ -121,7 +126,7 @@ def find_foreign(root: HostRoot, pin_version: str) -> ForeignDriver:
                 version = ko_version(ko.read_bytes())
             except OSError:
                 continue
-            if version != pin_version:
+            if version not in ours:
                 modules.append(str(PurePosixPath("/") / ko.relative_to(root.path("/"))))
     return ForeignDriver(tuple(packages), tuple(dkms), tuple(trees), tuple(modules),
                          root.exists(AKS_PREBAKE_MARKER))
@@ -132,11 +137,11 @@ Purge = Callable[[list[str]], None]  # apt-get purge on the host
 
 
 def remove_foreign(root: HostRoot, runner: HostRunner, pin_version: str, *, unload: Unload,
-                   purge: Purge) -> bool:
+                   purge: Purge, ours: frozenset[str] = frozenset()) -> bool:
     """Remove another NVIDIA driver when it is unused; exit 6 naming it when it is in use.
 
     The caller has withdrawn the hand-off marker (the stale_unload step)."""
-    found = find_foreign(root, pin_version)
+    found = find_foreign(root, pin_version, ours)
     if not found:
         log.info("foreign_driver_absent", changed=False)
         return False
@@ -145,8 +150,8 @@ def remove_foreign(root: HostRoot, runner: HostRunner, pin_version: str, *, unlo
     try:
         # Only when idle (no /dev/nvidia* user, no foreign holder, refcnt accounted for).
         unload(root, runner, want_version=pin_version)
-    except InstallError as exc:
-        raise InstallError(
+    except InstallError as exc:  # DriverInUse stays DriverInUse: the same exit 6, named
+        raise type(exc)(
             f"another NVIDIA driver is installed ({what}) and its module is in use: "
             f"{exc.message}", remedy="drain GPU workloads and reboot the node, or remove that "
             "driver yourself (apt-get purge, dkms remove); the agent then installs GRID") from exc
@@ -158,7 +163,7 @@ def remove_foreign(root: HostRoot, runner: HostRunner, pin_version: str, *, unlo
             _remove_path(root, leftover)
         _remove_path(root, AKS_PREBAKE_MARKER)
         runner.run(["ldconfig"], check=False, timeout=120)
-    left = find_foreign(root, pin_version)
+    left = find_foreign(root, pin_version, ours)
     if left:
         raise InstallError(f"another NVIDIA driver could not be fully removed: {left.describe()}",
                            remedy="remove it on the node yourself (apt-get purge, dkms remove)")
@@ -204,7 +209,10 @@ def purge_with_apt(runner: HostRunner, packages: list[str], *, lock_wait: float)
 def remove_foreign_driver(root: HostRoot, runner: HostRunner, pin_version: str, *,
                           lock_wait: float) -> bool:
     """The install's use: modules.unload_stale to unload, apt-get purge for the packages."""
+    from agent.driver.record import read_record
     from agent.install.modules import unload_stale
 
-    return remove_foreign(root, runner, pin_version, unload=unload_stale,
+    record = read_record(root)
+    ours = frozenset({record.module_version}) if record and record.module_version else frozenset()
+    return remove_foreign(root, runner, pin_version, unload=unload_stale, ours=ours,
                           purge=lambda pkgs: purge_with_apt(runner, pkgs, lock_wait=lock_wait))

@@ -155,3 +155,9 @@ def test_an_aks_prebake_is_torn_down_like_agentbaker_does(root):
                  "/var/lib/dkms/nvidia/550.144.03"):
         assert not root.exists(gone), gone
     assert ["ldconfig"] in runner.argvs
+
+
+def test_a_dkms_tree_of_our_own_earlier_install_is_not_foreign(cuda_host):
+    found = foreign.find_foreign(cuda_host, "595.58.03", frozenset({PIN}))
+    assert found.dkms_versions == (OTHER,)  # 580.105.08 was ours: the installer replaces it
+    assert f"/lib/modules/{KERNEL}/updates/dkms/nvidia-uvm.ko" not in found.dkms_modules
