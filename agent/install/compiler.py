@@ -129,6 +129,10 @@ def ensure_kernel_compiler(root: HostRoot, runner: HostRunner, kernel_release: s
         log.info("kernel_compiler_unknown", kernel_release=kernel_release,
                  reason="no CONFIG_CC_VERSION_TEXT in the build tree's .config")
         return CompilerChoice(None)
+    if kernel.family != "gcc":
+        log.info("kernel_compiler_not_gcc", kernel=kernel.text, changed=False,
+                 then="kbuild's own default compiler decides")
+        return CompilerChoice(None)
     host = host_compiler(runner)
     cc = needed_cc(kernel, host)
     if cc is None:

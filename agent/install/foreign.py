@@ -193,12 +193,28 @@ def _remove_path(root: HostRoot, host_path: str) -> None:
     root.remove_tree(host_path)
 
 
+def would_remove(simulation: str) -> set[str]:
+    """Packages an `apt-get -s purge|remove` run would take away (its Purg/Remv lines)."""
+    return {line.split()[1] for line in simulation.splitlines()
+            if line.startswith(("Purg ", "Remv ")) and len(line.split()) > 1}
+
+
 def purge_with_apt(runner: HostRunner, packages: list[str], *, lock_wait: float) -> None:
-    """`apt-get purge` of the other driver's packages; exit 6 naming them on failure."""
-    argv = ["apt-get", "-q", "-y", "-o", f"DPkg::Lock::Timeout={int(lock_wait)}", "purge",
-            *packages]
+    """`apt-get purge` of the other driver's packages, after `apt-get -s` showed it takes
+    nothing else (a CUDA toolkit depending on them stays: exit 6 naming it); exit 6 naming
+    the packages on failure."""
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
     try:
-        runner.run(argv, timeout=900 + lock_wait, env={"DEBIAN_FRONTEND": "noninteractive"})
+        simulated = runner.run(["apt-get", "-q", "-s", "purge", *packages], timeout=300,
+                               env=env)
+        extra = sorted(would_remove(simulated.stdout) - set(packages))
+        if extra:
+            raise InstallError(
+                f"purging the other NVIDIA driver's packages ({', '.join(packages)}) would "
+                f"also remove {', '.join(extra)}",
+                remedy="remove that driver yourself, keeping what depends on it, then retry")
+        runner.run(["apt-get", "-q", "-y", "-o", f"DPkg::Lock::Timeout={int(lock_wait)}",
+                    "purge", *packages], timeout=900 + lock_wait, env=env)
     except HostCommandError as exc:
         tail = (exc.stderr or exc.stdout).strip().splitlines()[-2:]
         raise InstallError(f"cannot purge the other NVIDIA driver's packages "

@@ -101,6 +101,10 @@ def apply() -> None:
     marker.touch()
 
 
+def is_installed(package: str) -> bool:
+    return STATUS.exists() and f"Package: {package}\n" in STATUS.read_text()
+
+
 def purge(package: str) -> bool:
     """`apt-get purge` of one package: its listed files and its status stanza go."""
     if not STATUS.exists():

@@ -181,6 +181,9 @@ def apt_get(args: list[str]) -> None:
     if not words:
         s.die("E: Invalid operation", 100)
     verb, pkgs = words[0], words[1:]
+    if {"-s", "--simulate", "--dry-run"} & set(args):
+        apt_simulate(verb, pkgs)  # no lock, no change, as apt-get -s
+        return
     take_lock(lock_timeout(args))
     if verb == "update":
         apt_update()
@@ -228,6 +231,17 @@ def apt_install(pkgs: list[str]) -> None:
             Path("/usr/sbin/dkms").symlink_to("/usr/local/lib/grid-sim/stub")
         elif gccsim.installable(pkg):
             gccsim.install(pkg)
+
+
+def apt_simulate(verb: str, pkgs: list[str]) -> None:
+    print("NOTE: This is only a simulation!\nReading package lists...\n"
+          "Building dependency tree...\nReading state information...")
+    if verb not in ("purge", "remove"):
+        s.die(f"E: the simulated node simulates purge and remove only, not {verb}", 100)
+    word = "Purg" if verb == "purge" else "Remv"
+    for pkg in pkgs:
+        if foreignsim.is_installed(pkg):
+            print(f"{word} {pkg} [{foreignsim.DEB_VERSION}]")
 
 
 def apt_purge(pkgs: list[str]) -> None:

@@ -161,3 +161,34 @@ def test_a_dkms_tree_of_our_own_earlier_install_is_not_foreign(cuda_host):
     found = foreign.find_foreign(cuda_host, "595.58.03", frozenset({PIN}))
     assert found.dkms_versions == (OTHER,)  # 580.105.08 was ours: the installer replaces it
     assert f"/lib/modules/{KERNEL}/updates/dkms/nvidia-uvm.ko" not in found.dkms_modules
+
+
+class AptRunner(Runner):
+    """apt-get -s answering with the packages a purge would take."""
+
+    def __init__(self, simulated):
+        super().__init__()
+        self.simulated = simulated
+
+    def run(self, argv, *, timeout=None, check=True, env=None):
+        self.argvs.append(list(argv))
+        out = self.simulated if "-s" in argv else ""
+        return CommandResult(tuple(argv), 0, out, "", 0.01)
+
+
+def test_purge_runs_when_apt_would_take_only_those_packages():
+    runner = AptRunner("NOTE: This is only a simulation!\nPurg nvidia-driver-535 [535.183.01-0]\n"
+                       "Purg libnvidia-compute-535 [535.183.01-0]\n")
+    foreign.purge_with_apt(runner, ["nvidia-driver-535", "libnvidia-compute-535"], lock_wait=30)
+    assert runner.argvs[0][:4] == ["apt-get", "-q", "-s", "purge"]
+    assert runner.argvs[1][-3:] == ["purge", "nvidia-driver-535", "libnvidia-compute-535"]
+
+
+def test_purge_that_would_take_a_cuda_toolkit_is_refused_naming_it():
+    runner = AptRunner("Purg nvidia-driver-535 [535.183.01-0]\nRemv cuda-runtime-12-2 [12.2.2-1]\n"
+                       "Remv cuda-12-2 [12.2.2-1]\n")
+    with pytest.raises(InstallError) as err:
+        foreign.purge_with_apt(runner, ["nvidia-driver-535"], lock_wait=30)
+    assert err.value.exit_code == 6
+    assert "would also remove cuda-12-2, cuda-runtime-12-2" in err.value.message
+    assert len(runner.argvs) == 1  # nothing purged
