@@ -52,7 +52,7 @@ def _help(field: str) -> str:
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), help=_help("log_format"))
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), help=_help("log_level"))
 @click.pass_context
-def cli(ctx: click.Context, **flags: object) -> None:
+def cli(ctx: click.Context, /, **flags: object) -> None:
     """Install, verify and watch the Azure GRID driver on RTX PRO 6000 BSE nodes."""
     raw = {k: (None if v is None else str(v).lower() if isinstance(v, bool) else str(v))
            for k, v in flags.items()}
@@ -247,7 +247,7 @@ _FILE_ERRORS: dict[str, type[AgentError]] = {
 
 
 def _command_of(args: Sequence[str]) -> str:
-    return next((a for a in args if a in cli.commands), "")  # type: ignore[attr-defined]
+    return next((a for a in args if a in cli.commands), "")
 
 
 def host_file_error(command: str, exc: OSError) -> AgentError:

@@ -8,6 +8,7 @@ from typing import TextIO
 
 import structlog
 import structlog.tracebacks
+from structlog.typing import EventDict, WrappedLogger
 
 from agent.redact import redact_text
 
@@ -37,7 +38,7 @@ def _redacted(value: object) -> object:
     return value
 
 
-def redact_event(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
+def redact_event(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
     """Belt and braces: no URL in any log line keeps its userinfo or query (agent/redact.py),
     nested values and rendered tracebacks included."""
     return {key: _redacted(value) for key, value in event.items()}

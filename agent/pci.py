@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 NVIDIA_VENDOR = 0x10DE
@@ -101,7 +102,7 @@ class Detection:
         return bool(self.targets)
 
 
-def detect(devices: list[PciDevice] | tuple[PciDevice, ...], spec: TargetSpec) -> Detection:
+def detect(devices: Sequence[PciDevice], spec: TargetSpec) -> Detection:
     """Split the bus into NVIDIA functions and target functions, in slot order."""
     nvidia = tuple(sorted((d for d in devices if d.vendor == NVIDIA_VENDOR), key=lambda d: d.slot))
     return Detection(nvidia=nvidia, targets=tuple(d for d in nvidia if spec.matches(d)))

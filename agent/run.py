@@ -61,7 +61,8 @@ def run_command(settings: Settings, *, wait_lock: bool | None, dry_run: bool, ec
         echo(f"nothing to do: {outcome.reason}")
         return outcome
     how = "already in place (fast path)" if outcome.outcome == "fast_path" else "installed"
-    echo(f"result: driver {how} and verified: {outcome.verify.summary()}")
+    summary = outcome.verify.summary() if outcome.verify else "no report"
+    echo(f"result: driver {how} and verified: {summary}")
     report = health(settings)
     for line in report.lines:
         echo(line)

@@ -30,7 +30,8 @@ def _expiry(text: str) -> datetime | None:
     if not found:
         return None
     try:
-        return datetime(*(int(part) for part in found.groups()), tzinfo=UTC)
+        year, month, day, hour, minute, second = (int(part) for part in found.groups())
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError:  # 2026-13-40: not a date, so no expiry we can trust
         return None
 

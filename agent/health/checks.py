@@ -7,17 +7,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from agent.catalog import known_bad_kernel
+from agent.driver import checks as driver
+from agent.driver.checks import Expect, driver_works
 from agent.driver.license import AT_RISK, LAPSED, LEASE_OK, classify_license, judge_lease
 from agent.driver.nvsmi import GpuReport, NvsmiReport
 from agent.driver.profile import parse_vgpu_type, profile_matches
-from agent.errors import last_lines
+from agent.driver.snapshot import Snapshot
 from agent.health.observe import Observation
 from agent.health.verdict import FAIL, OK, SKIP, WARN, CheckResult
 from agent.vgpu import BEHIND, REFUSE, UNKNOWN, judge_guest
 from agent.vgpu import OK as VGPU_OK
-
-# The checks whose success means "the driver works" (what install's verify requires).
-DRIVER_CHECKS = ("driver_loaded", "nvidia_smi", "gpus")
 
 
 @dataclass(frozen=True)
@@ -43,64 +42,24 @@ def _target_gpus(obs: Observation) -> list[GpuReport]:
     return [g for g in report.gpus if g.slot in obs.targets] or list(report.gpus)
 
 
-def check_driver_loaded(obs: Observation, cfg: HealthConfig) -> CheckResult:
-    mod = obs.module
-    if not mod.loaded:
-        return _r("driver_loaded", FAIL, "the nvidia kernel module is not loaded",
-                  nouveau_loaded=mod.nouveau_loaded)
-    if mod.version != cfg.module_version:
-        return _r("driver_loaded", FAIL,
-                  f"loaded nvidia module is {mod.version}, expected {cfg.module_version}",
-                  version=mod.version, expected=cfg.module_version)
-    return _r("driver_loaded", OK, f"nvidia {mod.version} loaded", version=mod.version,
-              refcnt=mod.refcnt)
+def _driver(check: Callable[[Snapshot, Expect], CheckResult]
+            ) -> Callable[[Observation, HealthConfig], CheckResult]:
+    """A driver check (agent/driver/checks.py) judged on this cycle's snapshot."""
+    def judged(obs: Observation, cfg: HealthConfig) -> CheckResult:
+        return check(obs.snapshot, expect(obs, cfg))
+    judged.__name__ = check.__name__
+    return judged
 
 
-def check_module_type(obs: Observation, cfg: HealthConfig) -> CheckResult:
-    installed = obs.record.module_type if obs.record else None
-    loaded = obs.module.module_type
-    if installed is None:
-        return _r("module_type", SKIP, "no install record to compare with", loaded=loaded)
-    if loaded is None:
-        return _r("module_type", SKIP, "loaded module type unknown", installed=installed)
-    if loaded != installed:
-        return _r("module_type", FAIL,
-                  f"the {loaded} module is loaded but {installed} was installed",
-                  loaded=loaded, installed=installed)
-    return _r("module_type", OK, f"{loaded} kernel modules, as installed", loaded=loaded)
+def expect(obs: Observation, cfg: HealthConfig) -> Expect:
+    """The pin's version, the recorded module type, and the target GPUs nvidia-smi must list."""
+    return Expect(cfg.module_version, None, obs.targets)
 
 
-def check_nvidia_smi(obs: Observation, cfg: HealthConfig) -> CheckResult:
-    smi = obs.smi
-    if smi is None:
-        return _r("nvidia_smi", SKIP, "not run")
-    if smi.exit_code == 127:
-        return _r("nvidia_smi", FAIL, "nvidia-smi is not installed on the host (exit 127)",
-                  exit_code=127)
-    if smi.exit_code != 0:
-        tail = last_lines(smi.output, 2)
-        return _r("nvidia_smi", FAIL, f"nvidia-smi exited {smi.exit_code}"
-                  + (f": {tail}" if tail else ""), exit_code=smi.exit_code)
-    return _r("nvidia_smi", OK, "nvidia-smi exits 0", exit_code=0)
-
-
-def check_gpus(obs: Observation, cfg: HealthConfig) -> CheckResult:
-    report = _report(obs)
-    if report is None:
-        why = (obs.smi.xml_reason or obs.smi.reason) if obs.smi else "nvidia-smi not run"
-        if obs.smi is not None and obs.smi.exit_code == 127:
-            why = "nvidia-smi is not installed"
-        return _r("gpus", FAIL, f"no nvidia-smi -q -x report: {why}")
-    listed = {g.slot for g in report.gpus}
-    missing = [slot for slot in obs.targets if slot not in listed]
-    if missing:
-        return _r("gpus", FAIL, f"target GPU(s) {', '.join(missing)} not listed by nvidia-smi",
-                  missing=missing, listed=sorted(listed))
-    if report.driver_version != cfg.module_version:
-        return _r("gpus", FAIL, f"nvidia-smi reports driver {report.driver_version}, "
-                  f"expected {cfg.module_version}", driver_version=report.driver_version)
-    return _r("gpus", OK, f"{len(obs.targets)} target GPU(s) listed, driver "
-              f"{report.driver_version}", listed=sorted(listed))
+check_driver_loaded = _driver(driver.check_driver_loaded)
+check_module_type = _driver(driver.check_module_type)
+check_nvidia_smi = _driver(driver.check_nvidia_smi)
+check_gpus = _driver(driver.check_gpus)
 
 
 def _per_gpu(name: str, obs: Observation, judge: Callable[[GpuReport], tuple[str, str]],
@@ -257,6 +216,5 @@ def run_checks(obs: Observation, cfg: HealthConfig) -> tuple[CheckResult, ...]:
 
 
 def driver_healthy(checks: tuple[CheckResult, ...]) -> bool:
-    """The driver works as install's verify requires (the hand-off may be restored)."""
-    by_name = {c.name: c.status for c in checks}
-    return all(by_name.get(name) == OK for name in DRIVER_CHECKS)
+    """The driver works by the one definition install's verify uses (the hand-off may return)."""
+    return driver_works(checks)

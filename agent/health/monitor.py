@@ -145,7 +145,7 @@ def _cycle_with_heal(health: Health, healer: Healer | None) -> tuple[Verdict, st
     checks = run_checks(obs, health.config)
     action = heal(health, healer, obs, checks) if healer else None
     if action in ("published", "marker_removed"):
-        obs = replace(obs, handoff=inspect_handoff(health.root))
+        obs = replace(obs, snapshot=replace(obs.snapshot, handoff=inspect_handoff(health.root)))
     facts = {"self_heal": action} if action else None
     return health.verdict(obs, started, began, facts), action
 

@@ -10,11 +10,12 @@ from typing import Any
 import structlog
 
 from agent.driver.license import LeaseSeen, classify_license
-from agent.driver.nvsmi import GpuReport, SmiOutcome, run_smi
+from agent.driver.nvsmi import GpuReport, SmiOutcome
 from agent.driver.profile import parse_vgpu_type
-from agent.driver.record import InstallRecord, read_prebuilds, read_record
-from agent.driver.state import ModuleState, read_module_state
-from agent.handoff import Handoff, inspect_handoff
+from agent.driver.record import InstallRecord, read_prebuilds
+from agent.driver.snapshot import Snapshot, take_snapshot
+from agent.driver.state import ModuleState
+from agent.handoff import Handoff
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.host.systemd import unit_exists, unit_state
@@ -31,13 +32,10 @@ GLX_LIBS = ("/usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.0", "/usr/lib64/libGLX_n
 
 @dataclass(frozen=True)
 class Observation:
-    """The node as seen in one cycle; checks are pure functions of this and the settings."""
+    """The node as seen in one cycle: the driver Snapshot plus what only watch looks at."""
 
     targets: tuple[str, ...]  # target PCI slots, e.g. ("0000:00:02.0",)
-    module: ModuleState
-    smi: SmiOutcome | None  # None when nvidia-smi was not asked (no target)
-    handoff: Handoff | None
-    record: InstallRecord | None
+    snapshot: Snapshot  # smi and handoff are None on a node without a target
     gridd: str  # `systemctl is-active nvidia-gridd`: active | inactive | failed | ...
     gridd_unit: bool  # nvidia-gridd.service exists on the host
     persistenced: str  # `systemctl is-active nvidia-persistenced`
@@ -49,6 +47,22 @@ class Observation:
     host_vgpu: HostVgpu | None = None  # the hypervisor's vGPU manager (PCI config space)
     host_vgpu_unknown: str = ""  # why it is unknown (no capability, unreadable): a fact
     prebuilds: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # state.json prebuilds
+
+    @property
+    def module(self) -> ModuleState:
+        return self.snapshot.modules
+
+    @property
+    def smi(self) -> SmiOutcome | None:
+        return self.snapshot.smi
+
+    @property
+    def handoff(self) -> Handoff | None:
+        return self.snapshot.handoff
+
+    @property
+    def record(self) -> InstallRecord | None:
+        return self.snapshot.record
 
 
 def first_present(root: HostRoot, paths: Sequence[str]) -> str | None:
@@ -64,16 +78,14 @@ def observe(root: HostRoot, runner: HostRunner, *, targets: tuple[str, ...],
     """Read the node; on a non-target node nothing is run (targets empty)."""
     applicable = bool(targets)
     host_vgpu, host_why = read_host_vgpu(root) if applicable else (None, "")
-    smi = run_smi(runner, timeout=command_timeout) if applicable else None
+    snapshot = take_snapshot(root, runner, smi=applicable, handoff=applicable,
+                             timeout=command_timeout)
     gridd = unit_state(runner, "nvidia-gridd", timeout=command_timeout) if applicable else ""
     persist = (unit_state(runner, "nvidia-persistenced", timeout=command_timeout)
                if applicable else "")
     return Observation(
         targets=targets,
-        module=read_module_state(root),
-        smi=smi,
-        handoff=inspect_handoff(root) if applicable else None,
-        record=read_record(root),
+        snapshot=snapshot,
         gridd=gridd,
         gridd_unit=unit_exists(root, "nvidia-gridd.service"),
         persistenced=persist,

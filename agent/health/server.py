@@ -104,7 +104,9 @@ class HealthServer:
         for name in ("waitress", "waitress.queue"):  # its depth warnings are our bench's job
             logging.getLogger(name).setLevel(logging.ERROR)
         try:
-            self.server = waitress.server.create_server(
+            # One host and port give a single-socket server; types-waitress does not declare
+            # its effective_port/_map/trigger, so it is Any here.
+            self.server: Any = waitress.server.create_server(
                 app, host=host, port=port, threads=THREADS, connection_limit=CONNECTION_LIMIT,
                 channel_timeout=CHANNEL_TIMEOUT, cleanup_interval=CLEANUP_INTERVAL,
                 max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=1024,

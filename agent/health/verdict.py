@@ -7,20 +7,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.driver.checks import FAIL, OK, SKIP, STATUSES, WARN, CheckResult
 from agent.host.files import write_atomic
 
-OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
-STATUSES = (OK, WARN, FAIL, SKIP)
+__all__ = ["FAIL", "OK", "SKIP", "STATUSES", "WARN", "CheckResult", "Verdict", "make_verdict",
+           "probe_verdict_file", "summarize", "write_verdict_file"]
+
 # Verdict states: ready unless unhealthy; a node without a target GPU must not stall rollouts.
 HEALTHY, DEGRADED, UNHEALTHY, NOT_APPLICABLE = "healthy", "degraded", "unhealthy", "not_applicable"
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    status: str  # ok | warn | fail | skip
-    reason: str
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

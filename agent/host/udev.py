@@ -26,7 +26,8 @@ def _pair(prop: str | None) -> tuple[int | None, int | None]:
 
 def _attr(dev: pyudev.Device, name: str) -> str | None:
     try:
-        return dev.attributes.asstring(name)
+        value: str = dev.attributes.asstring(name)
+        return value
     except (KeyError, UnicodeDecodeError, OSError):
         return None
 

@@ -12,12 +12,12 @@ are noticed by file reads only (no host process when nothing changed):
   `multi-user.target.wants` link is gone): the persistence step runs.
 
 A new download URL (a mirror) is not part of the pin's digest: nothing to do at all.
+The step itself is `in_place` in steps.py (it runs the licensing and persistence acts).
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import structlog
 
@@ -45,17 +45,3 @@ def drift(root: HostRoot) -> dict[str, str]:
     if host_has_systemd(root) and not root.exists(PERSISTENCED_WANTS):
         found[PERSISTENCE] = "nvidia-persistenced.service is not enabled"
     return found
-
-
-def apply(flow: Any) -> bool:
-    """The fast path's in-place step: only the steps whose inputs changed run."""
-    found = drift(flow.root)
-    if not found:
-        return False
-    log.info("config_changed_in_place", changes=found)
-    changed = False
-    if LICENSING in found:
-        changed = flow.do_licensing() or changed
-    if PERSISTENCE in found:
-        changed = flow.kit.ensure_persistenced(flow.root, flow.runner) or changed
-    return changed

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from agent.driver.state import Module, read_module
 from agent.errors import HostCommandError, InstallError, last_lines
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
@@ -49,32 +50,6 @@ _DAEMON_COMMS = {name[:_TASK_NAME_MAX] for name in DRIVER_DAEMONS}
 
 
 # -- module and process state, read from the host's files ---------------------------------
-
-
-def module_loaded(root: HostRoot, name: str) -> bool:
-    """Loaded as a module (built-in code has a /sys/module dir too, but no refcnt)."""
-    return root.path(f"/sys/module/{name}/refcnt").exists()
-
-
-def module_refcnt(root: HostRoot, name: str) -> int | None:
-    text = root.read_text(f"/sys/module/{name}/refcnt")
-    try:
-        return int(text.strip()) if text is not None else None
-    except ValueError:
-        return None
-
-
-def module_holders(root: HostRoot, name: str) -> tuple[str, ...]:
-    holders = root.path(f"/sys/module/{name}/holders")
-    try:
-        return tuple(sorted(p.name for p in holders.iterdir()))
-    except OSError:
-        return ()
-
-
-def loaded_version(root: HostRoot) -> str | None:
-    text = (root.read_text("/sys/module/nvidia/version") or "").strip()
-    return text or None
 
 
 @dataclass(frozen=True)
@@ -131,23 +106,25 @@ def _users(root: HostRoot, *, daemons: bool) -> list[str]:
             if daemons or p.comm not in _DAEMON_COMMS]
 
 
-def _foreign_holders(root: HostRoot, loaded: list[str]) -> list[str]:
+def _foreign_holders(loaded: list[Module]) -> list[str]:
     reasons = []
-    for name in loaded:
-        foreign = [h for h in module_holders(root, name) if h not in STACK]
+    for mod in loaded:
+        foreign = [h for h in mod.holders if h not in STACK]
         if foreign:
-            reasons.append(f"{name} is held by module(s) {', '.join(foreign)}")
+            reasons.append(f"{mod.name} is held by module(s) {', '.join(foreign)}")
+        if mod.builtin:
+            reasons.append(f"{mod.name} is built into the kernel")
     return reasons
 
 
-def _extra_references(root: HostRoot, loaded: list[str]) -> list[str]:
+def _extra_references(root: HostRoot, loaded: list[Module]) -> list[str]:
     reasons = []
-    for name in loaded:
+    names = {mod.name for mod in loaded}
+    for mod in (read_module(root, m.name) for m in loaded):  # after the daemons stopped
         # Each holder in the stack goes first and takes one reference with it.
-        inner = sum(1 for h in module_holders(root, name) if h in loaded)
-        count = module_refcnt(root, name)
-        if count is not None and count > inner:
-            reasons.append(f"{name} has refcnt {count} (in use)")
+        inner = sum(1 for h in mod.holders if h in names)
+        if mod.refcnt is not None and mod.refcnt > inner:
+            reasons.append(f"{mod.name} has refcnt {mod.refcnt} (in use)")
     return reasons
 
 
@@ -184,8 +161,8 @@ class DriverInUse(InstallError):
 
 def in_use_reasons(root: HostRoot) -> list[str]:
     """Who holds the loaded driver, the driver's own daemons aside; [] when it could go."""
-    loaded = [m for m in STACK if module_loaded(root, m)]
-    return _users(root, daemons=False) + _foreign_holders(root, loaded) if loaded else []
+    loaded = [mod for mod in (read_module(root, m) for m in STACK) if mod.loaded]
+    return _users(root, daemons=False) + _foreign_holders(loaded) if loaded else []
 
 
 def _refuse(have: str | None, want: str, reasons: list[str]) -> InstallError:
@@ -199,31 +176,33 @@ def _refuse(have: str | None, want: str, reasons: list[str]) -> InstallError:
 def unload_stale(root: HostRoot, runner: HostRunner, *, want_version: str,
                  daemon_wait: float = DAEMON_STOP_WAIT) -> bool:
     """Unload a different loaded driver when nothing uses it; else 'reboot required'."""
-    if not module_loaded(root, "nvidia"):
+    nvidia = read_module(root, "nvidia")
+    if not nvidia.loaded:
         log.info("stale_driver_absent", changed=False)
         return False
-    have = loaded_version(root)
+    have = nvidia.version
     if have == want_version:
         log.info("stale_driver_absent", loaded=have, changed=False)
         return False
-    loaded = [m for m in STACK if module_loaded(root, m)]
+    loaded = [mod for mod in (read_module(root, m) for m in STACK) if mod.loaded]
     # Refuse before touching anything when someone else uses the GPU.
-    blockers = _users(root, daemons=False) + _foreign_holders(root, loaded)
+    blockers = _users(root, daemons=False) + _foreign_holders(loaded)
     if blockers:
         raise _refuse(have, want_version, blockers)
     stopped = stop_driver_daemons(root, runner, wait=daemon_wait)
     blockers = _users(root, daemons=True) + _extra_references(root, loaded)
     if blockers:
         raise _refuse(have, want_version, blockers)
-    for name in loaded:
-        _rmmod(root, runner, name, have)
-    log.info("stale_driver_unloaded", version=have, modules=loaded, daemons_stopped=stopped,
+    for mod in loaded:
+        _rmmod(root, runner, mod.name, have)
+    log.info("stale_driver_unloaded", version=have, modules=[m.name for m in loaded],
+             daemons_stopped=stopped,
              changed=True)
     return True
 
 
 def _rmmod(root: HostRoot, runner: HostRunner, name: str, have: str | None) -> None:
-    count = module_refcnt(root, name)
+    count = read_module(root, name).refcnt
     if count:  # re-read right before: never rmmod a module in use, never -f
         raise InstallError(f"reboot required: {name} (driver {have}) gained users (refcnt "
                            f"{count}) while unloading", remedy="drain GPU workloads and reboot")
@@ -244,7 +223,7 @@ def _missing_nodes(root: HostRoot) -> list[str]:
 def load_modules(root: HostRoot, runner: HostRunner) -> bool:
     """`modprobe -a nvidia nvidia-uvm nvidia-modeset` and nvidia-modprobe for the nodes."""
     unloaded = [m for m in ("nvidia", "nvidia_uvm", "nvidia_modeset")
-                if not module_loaded(root, m)]
+                if not read_module(root, m).loaded]
     missing = _missing_nodes(root)
     if not unloaded and not missing:
         log.info("modules_loaded", changed=False)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
+from agent.driver.state import Module, read_module
 from agent.errors import HostCommandError, InstallError
 from agent.host.files import write_if_changed
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
-from agent.install.modules import failure_lines, module_holders, module_loaded, module_refcnt
+from agent.install.modules import failure_lines
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +41,7 @@ def initramfs_stale(root: HostRoot) -> bool:
     return _mtime(images[-1]) < _mtime(root.path(BLACKLIST))
 
 
-def _mtime(path) -> float:
+def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
     except OSError:
@@ -57,11 +59,14 @@ def rebuild_initramfs(runner: HostRunner) -> None:
                            ) from exc
 
 
-def unload_nouveau(root: HostRoot, runner: HostRunner) -> NouveauOutcome:
+def unload_nouveau(root: HostRoot, runner: HostRunner, nouveau: Module) -> NouveauOutcome:
     """rmmod nouveau at refcnt 0 (never -f); otherwise say a reboot is required and why."""
-    count = module_refcnt(root, "nouveau")
+    if nouveau.builtin:
+        return NouveauOutcome(False, True, "nouveau is built into this kernel: boot with "
+                              "`modprobe.blacklist=nouveau nouveau.modeset=0`")
+    count = nouveau.refcnt
     if count:
-        holders = module_holders(root, "nouveau")
+        holders = nouveau.holders
         users = f"refcnt {count}" + (f", held by {', '.join(holders)}" if holders else "")
         return NouveauOutcome(False, True, f"nouveau is loaded and in use ({users})")
     try:
@@ -79,11 +84,12 @@ def ensure_nouveau_disabled(root: HostRoot, runner: HostRunner) -> NouveauOutcom
     if rebuilt:
         rebuild_initramfs(runner)
     changed = wrote or rebuilt
-    if not module_loaded(root, "nouveau"):
+    nouveau = read_module(root, "nouveau")
+    if not nouveau.loaded:
         log.info("nouveau_disabled", blacklist_written=wrote, initramfs_rebuilt=rebuilt,
                  loaded=False, changed=changed)
         return NouveauOutcome(changed, False, "nouveau not loaded")
-    outcome = unload_nouveau(root, runner)
+    outcome = unload_nouveau(root, runner, nouveau)
     changed = changed or outcome.changed
     log.info("nouveau_disabled", blacklist_written=wrote, initramfs_rebuilt=rebuilt,
              unloaded=outcome.changed, reboot_required=outcome.reboot_required,

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 import structlog
-from tenacity import Retrying, retry_if_exception
+from tenacity import RetryCallState, Retrying, retry_if_exception
 from tenacity.wait import wait_base, wait_exponential
 
 from agent.errors import HostCommandError, PreflightError, last_lines
@@ -58,7 +58,7 @@ def dpkg_lock_holder(root: HostRoot) -> int | None:
         finally:
             os.close(fd)
         if l_type != fcntl.F_UNLCK:
-            return pid
+            return int(pid)
     return None
 
 
@@ -139,11 +139,11 @@ class _Stop:
         self.deadline = time.monotonic() + lock_wait
         self.attempts = attempts
 
-    def __call__(self, state) -> bool:
+    def __call__(self, state: RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, AptFailed) and exc.lock and not exc.offline:
             return time.monotonic() >= self.deadline
-        return state.attempt_number >= self.attempts
+        return bool(state.attempt_number >= self.attempts)
 
 
 def _final_error(exc: AptFailed, packages: list[str], kernel_release: str) -> PreflightError:
@@ -170,8 +170,10 @@ def apt_install(root: HostRoot, runner: HostRunner, packages: list[str], kernel_
     PreflightError (exit 4) naming the packages when they cannot be had."""
     stop = _Stop(lock_wait, APT_ATTEMPTS)
 
-    def before_sleep(state) -> None:
-        exc = state.outcome.exception()
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if not isinstance(exc, AptFailed):  # only AptFailed is retried (transient)
+            return
         log.warning("apt_retry", attempt=state.attempt_number, reason=apt_errors(exc.output),
                     lock=exc.lock, offline=exc.offline)
         if exc.lock:  # apt < 1.9 ignores DPkg::Lock::Timeout and fails at once: wait here

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from agent.catalog import Release
 from agent.driver.record import InstallRecord, config_digest
 from agent.errors import VerifyError
 from agent.install import installer as inst
@@ -18,7 +18,7 @@ SUCCESS_OUTCOMES = ("installed", "fast_path")
 class Pin:
     """What the settings ask for, resolved once per run."""
 
-    release: Any  # catalog.Release
+    release: Release
     module_version: str
     requested: str  # auto | open | proprietary | proprietary-strict
     digest: str

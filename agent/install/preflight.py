@@ -12,6 +12,7 @@ import structlog
 from agent.catalog import known_bad_kernel
 from agent.errors import HostCommandError, HostCommandMissing, PreflightError, last_lines
 from agent.handoff import run_is_shared
+from agent.host.kernel import host_kernel_release
 from agent.host.mounts import read_mountinfo
 from agent.host.paths import CACHE_DIR, MODULES_DIR
 from agent.host.root import HostRoot
@@ -70,18 +71,6 @@ def check_host_pid(root: HostRoot, pid: int | None) -> None:
             f"PID {pid} is not the host's init (its mount namespace {target} is not the "
             f"host's {host}): host commands would run inside the pod",
             remedy="run the pod privileged with hostPID: true")
-
-
-def host_kernel_release(runner: HostRunner) -> str:
-    """`uname -r` asked of the host (the container's own kernel view may differ)."""
-    try:
-        release = runner.run(["uname", "-r"], timeout=30).stdout.strip()
-    except HostCommandError as exc:
-        raise PreflightError(f"cannot ask the host for its kernel release: {exc.message}",
-                             remedy="check that nsenter works (privileged, hostPID)") from exc
-    if not release or "/" in release or release.startswith("."):
-        raise PreflightError(f"the host reported an unusable kernel release {release!r}")
-    return release
 
 
 def parse_os_release(text: str) -> dict[str, str]:

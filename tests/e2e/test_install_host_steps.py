@@ -8,6 +8,7 @@ import pytest
 import structlog
 from tenacity.wait import wait_none
 
+from agent.driver.state import read_module
 from agent.errors import InstallError, PreflightError
 from agent.host.runner import HostRunner
 from agent.install import installer, licensing, modules, nouveau, packages, preflight
@@ -150,7 +151,7 @@ def test_unused_old_driver_is_unloaded(simnode, runner):
     simnode.set_scenarios("old-driver-loaded")
     assert modules.unload_stale(simnode.root, runner, want_version="580.105.08") is True
     assert [a[0] for a in runner.argvs] == ["rmmod"] * len(runner.argvs)
-    assert not modules.module_loaded(simnode.root, "nvidia")
+    assert not read_module(simnode.root, "nvidia").loaded
 
 
 def test_the_old_drivers_daemon_is_stopped_before_unloading(simnode, runner):
@@ -165,7 +166,7 @@ def test_the_old_drivers_daemon_is_stopped_before_unloading(simnode, runner):
                                 daemon_wait=5) is True
     assert runner.argvs[0][0] == "kill"
     assert not modules.processes_named(simnode.root, "nvidia-persistenced")
-    assert not modules.module_loaded(simnode.root, "nvidia")
+    assert not read_module(simnode.root, "nvidia").loaded
 
 
 def test_old_driver_in_use_means_reboot_required_naming_the_process(simnode, runner):
@@ -173,7 +174,7 @@ def test_old_driver_in_use_means_reboot_required_naming_the_process(simnode, run
     with pytest.raises(InstallError, match=r"reboot required.*\(cuda-app\) has /dev/nvidia"):
         modules.unload_stale(simnode.root, runner, want_version="580.105.08")
     assert runner.argvs == []
-    assert modules.module_loaded(simnode.root, "nvidia")
+    assert read_module(simnode.root, "nvidia").loaded
 
 
 def test_persistenced_unit_is_written_and_enabled(simnode, runner):
@@ -221,7 +222,7 @@ def test_load_makes_every_device_file_then_is_a_no_op(installed, runner):
     assert modules.load_modules(installed.root, runner) is True
     assert [a[0] for a in runner.argvs] == ["modprobe", "nvidia-modprobe", "nvidia-modprobe"]
     for name in ("nvidia", "nvidia_uvm", "nvidia_modeset"):
-        assert modules.module_loaded(installed.root, name)
+        assert read_module(installed.root, name).loaded
     for node in modules.DEVICE_NODES:
         assert installed.path(node).exists(), node
     runner.argvs.clear()

@@ -29,7 +29,8 @@ def test_run_prints_progress_result_and_health(node):
     assert outcome.outcome == "installed"
     assert node.lock_args == [(True, 1800.0)]
     assert any(line.startswith("[ 7] installer     changed") for line in out)
-    assert "result: driver installed and verified: driver 580.105.08" in out
+    assert "result: driver installed and verified: driver 580.105.08 (proprietary modules), 1 " \
+        "GPU(s): 00000000:00:02.0 NVIDIA RTX Pro 6000 Blackwell DC-4-96Q" in out
     assert out[-1] == "license ok  Licensed"
 
 

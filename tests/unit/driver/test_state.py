@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 
 from agent.driver.state import (
-    module_loaded,
-    module_refcnt,
+    BUILTIN,
+    LIVE,
+    Module,
     proc_version_info,
+    read_module,
     read_module_state,
 )
 from agent.host.root import HostRoot
@@ -53,11 +55,24 @@ def test_loaded_open(tmp_path):
 
 def test_nothing_loaded(tmp_path):
     state = read_module_state(HostRoot(tmp_path))
-    assert state == type(state)(False, None, None, None, (), False)
+    assert state.nvidia == Module("nvidia") and state.nouveau == Module("nouveau")
+    assert (state.loaded, state.version, state.module_type, state.refcnt, state.holders,
+            state.nouveau_loaded) == (False, None, None, None, (), False)
 
 
-def test_nouveau(tmp_path):
+def test_nouveau_through_the_same_reader(tmp_path):
     (tmp_path / "sys/module/nouveau").mkdir(parents=True)
+    assert not read_module_state(HostRoot(tmp_path)).nouveau_loaded  # an empty dir: gone
+    write(tmp_path, "/sys/module/nouveau/refcnt", "1\n")
+    assert read_module_state(HostRoot(tmp_path)).nouveau == Module("nouveau", LIVE, 1)
+
+
+def test_builtin_code_is_loaded_but_has_no_refcnt(tmp_path):
+    # A kernel with nouveau built in: the directory has parameters/, no refcnt or initstate.
+    (tmp_path / "sys/module/nouveau/parameters").mkdir(parents=True)
+    nouveau = read_module(HostRoot(tmp_path), "nouveau")
+    assert (nouveau.state, nouveau.loaded, nouveau.builtin, nouveau.refcnt) == (
+        BUILTIN, True, True, None)
     assert read_module_state(HostRoot(tmp_path)).nouveau_loaded
 
 
@@ -82,20 +97,19 @@ def test_proc_version_info(text, expected):
 def test_refcnt_and_loaded_by_name(tmp_path):
     root = loaded_node(tmp_path)
     write(tmp_path, "/sys/module/nvidia_uvm/refcnt", "0\n")
-    assert module_refcnt(root, "nvidia") == 3
-    assert module_refcnt(root, "nvidia-uvm") == 0
-    assert module_loaded(root, "nvidia-uvm")
-    assert module_refcnt(root, "nvidia_drm") is None
-    assert not module_loaded(root, "nvidia_drm")
+    assert read_module(root, "nvidia").refcnt == 3
+    assert read_module(root, "nvidia-uvm") == Module("nvidia_uvm", LIVE, 0)
+    assert read_module(root, "nvidia_drm") == Module("nvidia_drm")
+    assert not read_module(root, "nvidia_drm").loaded
 
 
 def test_refcnt_garbage_is_none(tmp_path):
     write(tmp_path, "/sys/module/nvidia/refcnt", "lots\n")
-    assert module_refcnt(HostRoot(tmp_path), "nvidia") is None
+    assert read_module(HostRoot(tmp_path), "nvidia").refcnt is None
 
 
 def test_initstate_coming_is_not_loaded(tmp_path):
     write(tmp_path, "/sys/module/nvidia/initstate", "coming\n")
-    assert not module_loaded(HostRoot(tmp_path), "nvidia")
+    assert not read_module(HostRoot(tmp_path), "nvidia").loaded
     write(tmp_path, "/sys/module/nvidia/initstate", "live\n")
-    assert module_loaded(HostRoot(tmp_path), "nvidia")
+    assert read_module(HostRoot(tmp_path), "nvidia").loaded

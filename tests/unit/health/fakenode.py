@@ -72,6 +72,7 @@ def healthy_node(root: Path, *, published: bool = True) -> None:
     put(root, "/sys/module/nvidia/refcnt", "2\n")
     put(root, "/proc/driver/nvidia/version", NVRM)
     put(root, "/lib/systemd/system/nvidia-gridd.service", "[Service]\n")
+    put(root, "/usr/bin/nvidia-smi", "#!/bin/sh\n").chmod(0o755)
     put(root, "/usr/share/vulkan/icd.d/nvidia_icd.json", "{}\n")
     put(root, "/usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.0", "")
     put(root, "/proc/1/mountinfo", BASE + (RBIND if published else ""))

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from agent.errors import HostCommandError, PreflightError, VerifyError
+from agent.catalog import Release
+from agent.driver.nvsmi import GpuReport, NvsmiReport, SmiOutcome
+from agent.driver.record import read_record
+from agent.driver.snapshot import Snapshot
+from agent.driver.state import ABSENT, LIVE, Module, ModuleState
+from agent.errors import HostCommandError, PreflightError
+from agent.handoff import Handoff
 from agent.host.root import HostRoot
 from agent.install import installer as inst
 from agent.install.kit import Kit
 from agent.pci import PciDevice
-from agent.redact import redact_url
 from agent.settings import build_settings
 
 TARGET = PciDevice("0000:00:02.0", 0x10DE, 0x2BB5, 0x1414, 0x2187, 0x030200, None)
@@ -22,35 +27,27 @@ VERSION = "580.105.08-grid-azure"
 RUN_BYTES = b"#!/bin/sh\n"
 RUN_SHA256 = hashlib.sha256(RUN_BYTES).hexdigest()
 RUN_PATH = f"/var/cache/grid-agent/{RUN_SHA256}/NVIDIA-Linux-x86_64-{VERSION}.run"
+GPU = GpuReport("00000000:00:02.0", "NVIDIA RTX Pro 6000 Blackwell DC-4-96Q", "2BB510DE",
+                "21871414", "VGPU", "N/A", "N/A", "Licensed (Expiry: 2026-7-7 16:1:44 GMT)",
+                "NVIDIA RTX Virtual Workstation", "Enabled")
 NVRM = ("NVRM: The NVIDIA GPU 0000:00:02.0 (PCI ID: 10de:2bb5) installed in this system "
         "requires use of the NVIDIA open kernel modules.")
 
 
-@dataclass(frozen=True)
-class Release:
-    version: str = VERSION
-    url: str = "https://example.invalid/d.run"
-    sha256: str | None = RUN_SHA256
-    size: int | None = None
-    module_type: str = "proprietary"
-
-    @property
-    def shown_url(self) -> str:
-        return redact_url(self.url)
-
-    @property
-    def filename(self) -> str:
-        return f"NVIDIA-Linux-x86_64-{self.version}.run"
+def release(version: str = VERSION, sha256: str | None = RUN_SHA256,
+            module_type: str = "proprietary", url: str | None = None) -> Release:
+    url = url or f"https://example.invalid/NVIDIA-Linux-x86_64-{version}.run"
+    return Release(version, url, sha256, None, module_type)
 
 
-@dataclass(frozen=True)
-class State:
-    loaded: bool = False
-    version: str | None = None
-    module_type: str | None = None
-    refcnt: int | None = None
-    holders: tuple[str, ...] = ()
-    nouveau_loaded: bool = False
+NOTHING_LOADED = ModuleState(Module("nvidia"), Module("nouveau"))
+
+
+def loaded(version: str, module_type: str | None, refcnt: int = 0,
+           holders: tuple[str, ...] = (), *, nouveau: bool = False) -> ModuleState:
+    """The real ModuleState of a node with this nvidia module live."""
+    return ModuleState(Module("nvidia", LIVE, refcnt, holders, version),
+                       Module("nouveau", LIVE if nouveau else ABSENT), version, module_type)
 
 
 def settings(**env):
@@ -65,9 +62,9 @@ class FakeNode:
 
     root: HostRoot
     devices: list = field(default_factory=lambda: [TARGET])
-    release: Release = field(default_factory=Release)
+    release: Release = field(default_factory=release)
     kernel: str = "6.8.0-1020-azure"
-    state: State = field(default_factory=State)
+    state: ModuleState = NOTHING_LOADED
     marker: bool = False
     mounted: bool = False
     requires_open: bool = False
@@ -85,10 +82,10 @@ class FakeNode:
     def reboot(self, autoload=True):
         self.marker = self.mounted = False
         loaded = autoload and self.installed_type is not None
-        self.state = self._loaded_state() if loaded else State()
+        self.state = self._loaded_state() if loaded else NOTHING_LOADED
 
     def _loaded_state(self):
-        return State(True, self.release.version.split("-")[0], self.installed_type, 0)
+        return loaded(self.release.version.split("-")[0], self.installed_type)
 
     def _call(self, name, *args):
         self.calls.append((name, *args))
@@ -122,7 +119,7 @@ class FakeNode:
         self._call("unload_stale")
         if not self.state.loaded or self.state.version == want_version:
             return False
-        self.state = State()
+        self.state = NOTHING_LOADED
         return True
 
     def load_modules(self, root, runner):
@@ -134,19 +131,21 @@ class FakeNode:
         self.state = self._loaded_state()
         return True
 
-    def verify(self, root, runner, *, module_version, module_type):
-        self._call("verify", module_version, module_type)
-        if not self.state.loaded or self.state.version != module_version:
-            raise VerifyError("the nvidia kernel module is not loaded")
-        if self.smi_exit:
-            raise VerifyError(f"nvidia-smi exited {self.smi_exit}")
-        gpu = SimpleNamespace(pci_bus_id="00000000:00:02.0", product_name="NVIDIA RTX Pro 6000 "
-                              "Blackwell DC-4-96Q", virtualization_mode="VGPU",
-                              license_status="Licensed (Expiry: 2026-7-7 16:1:44 GMT)",
-                              mig_current="N/A")
-        report = SimpleNamespace(driver_version=module_version, gpus=[gpu])
-        return SimpleNamespace(module_version=module_version, module_type=module_type,
-                               report=report, summary=lambda: f"driver {module_version}")
+    def snapshot(self, root, runner, *, smi=True, kernel=False, handoff=True, timeout=None):
+        """The node's attributes as the real Snapshot type, so the real checks judge it."""
+        self._call("snapshot", *(["kernel"] if kernel else []))
+        s = self.state
+        seen = Handoff(self.marker, self.marker, self.mounted,
+                       "hand-off intact" if self.marker and self.mounted
+                       else "marker or mount missing") if handoff else None
+        outcome = None
+        if smi:
+            code = 127 if not s.loaded and not self.smi_exit else self.smi_exit
+            report = NvsmiReport(s.version, "13.0", (GPU,)) if s.loaded else None
+            outcome = SmiOutcome(code, "" if code == 0 else "NVIDIA-SMI has failed", report,
+                                 None if code == 0 else f"nvidia-smi exited {code}")
+        return Snapshot(s, read_record(root), seen, outcome, None,
+                        self.kernel if kernel else None)
 
     def publish(self, root, runner):
         self._call("publish")
@@ -174,8 +173,7 @@ class FakeNode:
 
         return Kit(
             scan_pci=lambda: list(self.devices), lock=self.lock,
-            module_state=lambda root: self.state, module_refcnt=lambda root, name: 0,
-            kernel_release=simple("kernel_release", lambda: self.kernel),
+            snapshot=self.snapshot,
             resolve_release=lambda s: self.release,
             module_version=lambda v: v.split("-")[0],
             preflight=self.preflight, headers_present=lambda root, k: True,
@@ -191,14 +189,10 @@ class FakeNode:
             ensure_persistenced=simple("ensure_persistenced", False),
             ensure_gridd_conf=simple("ensure_gridd_conf", False),
             ensure_gridd_running=simple("ensure_gridd_running", False),
-            verify=self.verify, publish=self.publish, remove_marker=self.remove_marker,
+            publish=self.publish, remove_marker=self.remove_marker,
             unpublish=self.unpublish,
         )
 
 
-def with_state(node: FakeNode, **changes) -> None:
-    node.state = replace(node.state, **changes)
-
-
-__all__ = ["H100", "NVRM", "RUN_PATH", "TARGET", "FakeNode", "Release", "State", "inst", "settings",
-           "with_state"]
+__all__ = ["H100", "NOTHING_LOADED", "NVRM", "RUN_PATH", "TARGET", "FakeNode", "inst", "loaded",
+           "release", "settings"]

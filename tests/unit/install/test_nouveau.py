@@ -84,3 +84,13 @@ def test_rmmod_refused_means_reboot_required_with_the_kernel_reason(host):
     out = nouveau.ensure_nouveau_disabled(host.root, runner)
     assert out.reboot_required is True and out.changed is False
     assert "Module nouveau is in use" in out.reason
+
+
+def test_builtin_nouveau_means_reboot_with_a_kernel_parameter_never_rmmod(host):
+    # Built-in code has a /sys/module dir with parameters/ but no refcnt: loaded, not unloadable.
+    host.write(nouveau.BLACKLIST, nouveau.BLACKLIST_TEXT)
+    host.write("/sys/module/nouveau/parameters/modeset", "-1\n")
+    runner = FakeRunner()
+    out = nouveau.ensure_nouveau_disabled(host.root, runner)
+    assert out.reboot_required and "built into this kernel" in out.reason
+    assert runner.calls == []

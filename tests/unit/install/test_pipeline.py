@@ -5,12 +5,14 @@ from agent.driver.record import read_record
 from agent.errors import InstallError, PreflightError, VerifyError
 from agent.host.root import HostRoot
 from agent.install import pipeline
-from tests.unit.install.fakehost import H100, RUN_PATH, FakeNode, Release, settings
+from tests.unit.install.fakehost import H100, RUN_PATH, FakeNode, release, settings
 
-FULL = ["preflight", "ensure_installer", "ensure_build_deps", "remove_marker", "unload_stale",
+# The fast path's look is one snapshot (uname -r, nvidia-smi, -q -x); verify is a fresh one.
+FULL = ["snapshot", "preflight", "ensure_installer", "ensure_build_deps", "remove_marker",
+        "unload_stale",
         "ensure_nouveau_disabled", "run_installer", "load_modules", "kernel_log",
         "ensure_persistenced",
-        "ensure_gridd_conf", "ensure_gridd_running", "verify", "publish"]
+        "ensure_gridd_conf", "ensure_gridd_running", "snapshot", "publish"]
 STEPS = ["fast_path", "preflight", "download", "packages", "stale_unload", "nouveau",
          "installer", "load", "persistence", "licensing", "verify", "publish", "record",
          "prebuild"]
@@ -44,7 +46,7 @@ def test_fresh_install_runs_every_step_in_order_and_records(node):
         out = install(node)
     assert out.outcome == "installed"
     assert node.names() == FULL
-    assert node.calls[6] == ("run_installer", RUN_PATH,
+    assert node.calls[7] == ("run_installer", RUN_PATH,
                              "proprietary")
     assert [n for ev, n in step_events(logs) if ev == "step_started"] == STEPS
     finished = {e["name"]: e["changed"] for e in logs if e["event"] == "step_finished"}
@@ -62,7 +64,8 @@ def test_second_run_takes_the_fast_path(node):
     with capture_logs() as logs:
         out = install(node)
     assert out.outcome == "fast_path"
-    assert node.names() == ["kernel_release", "verify", "publish"]
+    assert node.names() == ["snapshot", "publish"]
+    assert node.calls[0] == ("snapshot", "kernel")
     assert read_record(node.root).outcome == "fast_path"
     assert any(e["event"] == "fast_path_taken" for e in logs)
 
@@ -92,11 +95,11 @@ def test_reboot_without_autoload_loads_without_rebuilding(node):
 def test_fast_path_declined_when_anything_differs(node, change):
     install(node)
     if change == "version":
-        node.release = Release(version="595.58.03-grid-azure", sha256="cd" * 32)
+        node.release = release(version="595.58.03-grid-azure", sha256="cd" * 32)
     elif change == "kernel":
         node.kernel = "6.8.0-1030-azure"
     elif change == "type":
-        node.release = Release(module_type="open")
+        node.release = release(module_type="open")
     else:
         pipeline.Flow(settings(), node.root, None, node.kit(),
                       pipeline.resolve_pin(settings(), node.kit())).record("failed", 6)
@@ -167,7 +170,7 @@ def test_preflight_failure_changes_nothing_and_records_failure(node):
     node.preflight_error = "Secure Boot is enabled"
     with pytest.raises(PreflightError):
         install(node)
-    assert node.names() == ["preflight"]
+    assert node.names() == ["snapshot", "preflight"]
     assert read_record(node.root).outcome == "failed"
 
 

@@ -1,10 +1,12 @@
 import pytest
+from structlog.testing import capture_logs
 
 from agent.host.root import HostRoot
 from agent.install import pipeline
 from agent.install.plan import format_plan, make_plan
+from agent.install.steps import STEPS, applies
 from tests.fakes.pci_config import config_space
-from tests.unit.install.fakehost import H100, FakeNode, State, settings
+from tests.unit.install.fakehost import H100, FakeNode, loaded, settings
 
 
 @pytest.fixture
@@ -27,14 +29,14 @@ def test_fresh_node_plans_every_step_and_changes_nothing(node):
     assert "proprietary" in items["installer"].why
     assert not items["stale_unload"].acts
     assert items["publish"].acts
-    assert [c[0] for c in node.calls] == ["kernel_release"]  # the only host process
+    assert node.calls == [("snapshot", "kernel")]  # one look: uname -r and nvidia-smi
     assert not node.root.path("/var/lib/grid-agent/state.json").exists()
     text = format_plan(list(items.values()))
     assert "dry run, nothing changed" in text and "act   installer" in text
 
 
 def test_old_driver_in_use_is_named(node):
-    node.state = State(True, "570.1", "proprietary", 2, ("nvidia_uvm",))
+    node.state = loaded("570.1", "proprietary", 2, ("nvidia_uvm",))
     item = plan(node)["stale_unload"]
     assert item.acts and "570.1" in item.why and "nvidia_uvm" in item.why
     assert item.why.endswith("else reboot required")
@@ -70,6 +72,32 @@ def test_not_a_target(node):
     assert list(items) == ["gate"] and "nothing to do" in items["gate"].why
 
 
+def started_steps(node, **env):
+    with capture_logs() as logs:
+        pipeline.install(settings(**env), node.root, object(), node.kit())
+    return [e["name"] for e in logs if e["event"] == "step_started"]
+
+
+def test_plan_and_install_walk_the_one_declared_step_list(node):
+    # Fresh node: every step, in STEPS order, in the plan and in the install alike.
+    planned = list(plan(node))[1:]  # after the gate
+    assert planned == [s.name for s in STEPS if applies(s, fast=False)] == started_steps(node)
+    # Installed node: the fast path, the hand-off and the record, in both walks.
+    assert list(plan(node))[1:] == ["fast_path", "in_place", "publish", "record", "prebuild"] == \
+        started_steps(node)
+
+
+def test_what_the_plan_says_is_what_the_install_does(node):
+    assert plan(node)["installer"].acts
+    started_steps(node)
+    assert "run_installer" in node.names()
+    node.calls.clear()
+    node.reboot()  # the driver autoloads after a reboot; /run is empty
+    assert not plan(node)["fast_path"].why.startswith("not taken")
+    assert plan(node)["publish"].acts
+    node.calls.clear()
+    started_steps(node)
+    assert "run_installer" not in node.names() and "publish" in node.names()
 def test_preflight_names_the_host_vgpu_manager_and_a_known_bad_kernel(node):
     assert "host vGPU manager unknown" in plan(node)["preflight"].why
     dev = node.root.path("/sys/bus/pci/devices/0000:00:02.0")
@@ -83,9 +111,9 @@ def test_preflight_names_the_host_vgpu_manager_and_a_known_bad_kernel(node):
 
 
 def test_the_download_line_shows_no_secret(node):
-    from tests.unit.install.fakehost import Release
+    from tests.unit.install.fakehost import release
 
-    node.release = Release(url="https://agent:hunter2@mirror.example/d/x.run?sig=SASSECRET")
+    node.release = release(url="https://agent:hunter2@mirror.example/d/x.run?sig=SASSECRET")
     text = format_plan(list(plan(node).values()))
     assert "https://***@mirror.example/d/x.run?***" in text
     assert "hunter2" not in text and "SASSECRET" not in text

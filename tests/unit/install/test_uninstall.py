@@ -6,7 +6,7 @@ from agent.host.root import HostRoot
 from agent.host.runner import CommandResult
 from agent.install import pipeline
 from agent.install import uninstall as un
-from tests.unit.install.fakehost import RUN_PATH, FakeNode, State, settings
+from tests.unit.install.fakehost import NOTHING_LOADED, RUN_PATH, FakeNode, settings
 
 
 class Runner:
@@ -152,7 +152,7 @@ def test_without_systemd_the_daemon_processes_are_killed(node):
 
 
 def test_nothing_installed_runs_no_uninstaller(tmp_path):
-    n = FakeNode(HostRoot(tmp_path), state=State())
+    n = FakeNode(HostRoot(tmp_path), state=NOTHING_LOADED)
     runner = Runner()
     report = un.uninstall(settings(), n.root, runner, n.kit(), purge=False)
     assert report.changed == [] and runner.argvs == []

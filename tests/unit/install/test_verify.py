@@ -1,9 +1,12 @@
 import pytest
 
+from agent.driver.checks import Expect
+from agent.driver.snapshot import take_snapshot
 from agent.errors import HostCommandError, VerifyError
+from agent.host.paths import SMI as SMI_PATH
 from agent.host.root import HostRoot
 from agent.host.runner import CommandResult
-from agent.install.verify import SMI_PATH, verify_driver
+from agent.install.verify import verify_snapshot
 
 XML = """<?xml version="1.0" ?>
 <nvidia_smi_log>
@@ -64,8 +67,10 @@ def load(root, version="580.105.08", flavour=PROPRIETARY):
     (drv / "version").write_text(flavour.format(v=version))
 
 
-def verify(root, runner, module_type="proprietary"):
-    return verify_driver(root, runner, module_version="580.105.08", module_type=module_type)
+def verify(root, runner, module_type="proprietary", targets=("0000:00:02.0",)):
+    """Verify as install does: the driver checks on a fresh snapshot."""
+    snap = take_snapshot(root, runner, handoff=False)
+    return verify_snapshot(snap, Expect("580.105.08", module_type, targets))
 
 
 def test_healthy_driver_verifies(root):
@@ -104,7 +109,7 @@ def test_wrong_loaded_version(root):
 
 def test_wrong_module_type(root):
     load(root, flavour=OPEN)
-    with pytest.raises(VerifyError, match="open flavour"):
+    with pytest.raises(VerifyError, match="open module is loaded but proprietary was installed"):
         verify(root, SmiRunner())
     assert verify(root, SmiRunner(), module_type="open").module_type == "open"
 
@@ -117,3 +122,15 @@ def test_not_loaded(tmp_path):
 def test_smi_reporting_another_version(root):
     with pytest.raises(VerifyError, match=r"reports driver 580\.1,"):
         verify(root, SmiRunner(version="580.1"))
+
+
+def test_a_target_gpu_nvidia_smi_does_not_list_fails(root):
+    with pytest.raises(VerifyError, match=r"target GPU\(s\) 0000:00:03.0 not listed"):
+        verify(root, SmiRunner(), targets=("0000:00:03.0",))
+
+
+def test_the_first_failure_is_raised_in_check_order(tmp_path):
+    # Not loaded and no nvidia-smi at all: the module is named first, as watch orders it.
+    with pytest.raises(VerifyError) as err:
+        verify(HostRoot(tmp_path), SmiRunner(rc=127))
+    assert err.value.message == "the nvidia kernel module is not loaded"
