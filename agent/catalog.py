@@ -142,14 +142,20 @@ def module_version(version: str) -> str:
     return found.group(0)
 
 
-def check_url(url: str, *, allow_http: bool) -> None:
-    """HTTPS only; plain HTTP only for a configured mirror that was explicitly allowed."""
+def transport_allowed(url: str, *, allow_http: bool) -> bool:
+    """The one HTTPS rule (pin, download, every redirect): https with a host; plain http only
+    for a configured mirror that was explicitly allowed."""
     parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
+    if not parts.hostname:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and allow_http)
+
+
+def check_url(url: str, *, allow_http: bool) -> None:
+    """The configured URL by the one HTTPS rule; ConfigError (exit 2) saying how to fix it."""
+    if transport_allowed(url, allow_http=allow_http):
         return
-    if parts.scheme == "http" and parts.hostname and allow_http:
-        return
-    if parts.scheme == "http":
+    if urlsplit(url).scheme == "http":
         raise ConfigError(f"driver URL {redact_url(url)} (GRID_AGENT_DRIVER_URL) is plain HTTP; "
                           "use HTTPS, or for an in-cluster "
                           "mirror set GRID_AGENT_ALLOW_HTTP_MIRROR=true")

@@ -6,7 +6,6 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import click
 import structlog
@@ -14,6 +13,8 @@ import structlog
 from agent import __version__
 from agent import log as agent_log
 from agent.errors import (
+    BUG,
+    INTERRUPTED,
     AgentError,
     DownloadError,
     InstallError,
@@ -29,13 +30,13 @@ from agent.settings import (
     Settings,
     build_settings,
     retired_in,
+    termination_log_path,
 )
 from agent.signals import terminate_on_signals
 from agent.vgpu import HostVgpuFacts, host_vgpu_facts
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 _REPORT = "grid_agent.report_failure"
 
 
@@ -186,14 +187,6 @@ def probe_cmd(settings: Settings, kind: str) -> None:
     probe_command(settings, kind, echo=click.echo)
 
 
-def termination_log_path(environ: Mapping[str, str]) -> Path | None:
-    """GRID_AGENT_TERMINATION_LOG, else /dev/termination-log when Kubernetes provides it."""
-    override = environ.get("GRID_AGENT_TERMINATION_LOG", "").strip()
-    if override:
-        return Path(override)
-    return DEFAULT_TERMINATION_LOG if DEFAULT_TERMINATION_LOG.exists() else None
-
-
 def _write_termination(message: str, environ: Mapping[str, str]) -> None:
     path = termination_log_path(environ)
     if path is None:
@@ -230,11 +223,11 @@ def run_cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None
         return exc.exit_code
     except click.Abort:
         click.echo("aborted", err=True)
-        return 130
+        return INTERRUPTED
     except Exception as exc:  # a bug: keep the traceback
         log.exception("internal_error", error=repr(exc))
         _write_termination(f"internal error (a bug): {exc!r}; see the pod log", environ)
-        return 1
+        return BUG
     return rv if isinstance(rv, int) else 0
 
 

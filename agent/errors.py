@@ -140,6 +140,33 @@ class HostCommandMissing(AgentError):
         return cls(f"{step}: {self.message}", remedy=self.remedy)
 
 
+OK, BUG, INTERRUPTED = 0, 1, 130  # success; an unexpected exception; click's Abort (Ctrl-C)
+
+# The one exit-code table: the codes the CLI returns and what each means. Each AgentError
+# class's exit_code is a row; the README's table is tested against this one.
+EXIT_CODES: tuple[tuple[tuple[int, ...], str], ...] = (
+    ((OK,), 'done, or nothing to do (including "not a target node" for `install`)'),
+    ((BUG,), "unexpected internal error: a bug; the log has the traceback"),
+    ((ConfigError.exit_code,),
+     "usage or configuration error (the message names the flag and variable)"),
+    ((NotATargetNode.exit_code,), "not a target node (`detect` only)"),
+    ((PreflightError.exit_code,),
+     "preflight failed (OS, Secure Boot, headers, `/run` propagation, disk, privileges)"),
+    ((DownloadError.exit_code,), "download or verification of the installer failed"),
+    ((InstallError.exit_code,), 'driver build or install failed (includes "reboot required")'),
+    ((VerifyError.exit_code,), "driver installed but verification failed"),
+    ((LockHeldError.exit_code,),
+     "another instance holds the lock, or an NVIDIA installer is still running on the host"),
+    ((UnhealthyError.exit_code,), "unhealthy (`check`, `probe`; `run` after a successful install)"),
+    ((128 + 2, 128 + 15), "stopped by SIGINT / SIGTERM (128 + the signal)"),
+)
+
+
+def exit_meaning(code: int) -> str:
+    """What an exit code means, from the one table."""
+    return next((meaning for codes, meaning in EXIT_CODES if code in codes), "undocumented")
+
+
 def last_lines(text: str, count: int) -> str:
     """The last non-empty lines of a command's output, joined for one log line."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]

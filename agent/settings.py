@@ -17,6 +17,7 @@ from agent.pci import PciId, TargetSpec, parse_id_list
 from agent.redact import redact_url
 
 DAY, HOUR = 86400.0, 3600.0
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"  # Kubernetes' terminationMessagePath
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # "" means the catalog's type for the release (proprietary for 580.105.08-grid-azure).
@@ -30,6 +31,16 @@ def parse_bool(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError("must be true or false")
+
+
+def optional_path(text: str) -> Path | None:
+    """An absolute path, or empty for none."""
+    value = text.strip()
+    if not value:
+        return None
+    if not value.startswith("/") or "\x00" in value:
+        raise ValueError("must be an absolute path")
+    return Path(value)
 
 
 def choice(*allowed: str) -> Callable[[str], str]:
@@ -281,6 +292,9 @@ OPTIONS: tuple[Option, ...] = (
            "host file to create when a driver upgrade needs a reboot (the one kured watches, "
            "e.g. /var/run/reboot-required): the upgrade is staged and the init container "
            "waits for the reboot; empty: exit 6 \"reboot required\" as before"),
+    Option("termination_log", "GRID_AGENT_TERMINATION_LOG", optional_path,
+           DEFAULT_TERMINATION_LOG, "where the failure line is written (the default only when "
+           "Kubernetes provides it)"),
 )
 
 
@@ -321,6 +335,7 @@ class Settings:
     verdict_file: Path
     self_heal: bool
     reboot_sentinel: str
+    termination_log: Path | None  # resolve with termination_log_path (settings may fail)
 
     @property
     def target_spec(self) -> TargetSpec:
@@ -348,6 +363,25 @@ RETIRED = {
 def retired_in(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     """(variable, replacement) for each retired variable that is still set: ignored, not fatal."""
     return [(env, why) for env, why in RETIRED.items() if env in environ]
+
+
+def option(field: str) -> Option:
+    return next(o for o in OPTIONS if o.field == field)
+
+
+def termination_log_path(environ: Mapping[str, str]) -> Path | None:
+    """Where the failure message goes, from the same option but without building Settings:
+    a settings failure (exit 2) must still reach the termination log."""
+    opt = option("termination_log")
+    raw = environ.get(opt.env, "").strip()
+    try:
+        path = opt.parse(raw) if raw else None
+    except ValueError:
+        path = None
+    if path is not None:
+        return Path(path)
+    default = Path(opt.default)
+    return default if default.exists() else None
 
 
 def build_settings(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> Settings:

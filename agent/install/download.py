@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 import structlog
@@ -20,7 +20,7 @@ import tenacity
 import urllib3
 
 from agent import __version__
-from agent.catalog import Release
+from agent.catalog import Release, transport_allowed
 from agent.errors import DownloadError
 from agent.host.root import HostRoot
 from agent.install import baked, cache
@@ -210,8 +210,7 @@ class _Part:
 
 
 def _check_target(url: str, *, allow_http: bool, redirect: bool) -> None:
-    scheme = urlsplit(url).scheme
-    if scheme == "https" or (scheme == "http" and allow_http):
+    if transport_allowed(url, allow_http=allow_http):
         return
     raise DownloadError(f"refusing to download from {redact_url(url)}: only HTTPS is allowed"
                         + (" for redirects" if redirect else ""),

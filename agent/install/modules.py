@@ -128,23 +128,33 @@ def _extra_references(root: HostRoot, loaded: list[Module]) -> list[str]:
     return reasons
 
 
-def stop_driver_daemons(root: HostRoot, runner: HostRunner, *,
+def stop_driver_daemons(root: HostRoot, runner: HostRunner, *, disable: bool = False,
                         wait: float = DAEMON_STOP_WAIT) -> list[str]:
-    """Stop running nvidia-persistenced / nvidia-gridd (unit first, else kill); their names."""
-    stopped = []
+    """The one way nvidia-persistenced and nvidia-gridd are stopped (stale unload, uninstall):
+    through their systemd unit (`disable --now` for uninstall), then a kill of any process
+    left; returns the names it acted on."""
+    systemd = host_has_systemd(root)
+    acted = []
     for name in DRIVER_DAEMONS:
-        left = processes_named(root, name)
-        if not left:
-            continue
         unit = f"{name}.service"
-        if host_has_systemd(root) and unit_exists(root, unit):
+        left = processes_named(root, name)
+        touched = False
+        if systemd and disable:
+            if any(unit_status(runner, unit)):  # enabled or active
+                runner.run(["systemctl", "disable", "--now", unit], check=False, timeout=60)
+                touched = True
+        elif systemd and left and unit_exists(root, unit):
             runner.run(["systemctl", "stop", unit], check=False, timeout=60)
+            touched = True
+        if touched and left:
             left = _wait_gone(root, name, wait)
         if left:
             runner.run(["kill", *(str(p.pid) for p in left)], check=False, timeout=30)
             _wait_gone(root, name, wait)
-        stopped.append(name)
-    return stopped
+            touched = True
+        if touched:
+            acted.append(name)
+    return acted
 
 
 def _wait_gone(root: HostRoot, name: str, wait: float) -> list[HostProcess]:

@@ -14,19 +14,16 @@ from agent.host.paths import CACHE_DIR, SMI
 from agent.host.procs import refuse_running_installer
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
-from agent.host.systemd import host_has_systemd, unit_status
 from agent.install import installer as inst
 from agent.install import staging, upgrade
 from agent.install.kit import Kit
-from agent.install.modules import processes_named
+from agent.install.modules import DAEMON_STOP_WAIT, stop_driver_daemons
 from agent.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 UNINSTALLER = "/usr/bin/nvidia-uninstall"
 UNINSTALL_LOG = "/var/log/nvidia-uninstall.log"
-DAEMONS = ("nvidia-gridd", "nvidia-persistenced")
-UNITS = tuple(f"{name}.service" for name in DAEMONS)
 
 
 @dataclass
@@ -38,20 +35,10 @@ class UninstallReport:
         return [f"uninstall finished; changed: {done}"]
 
 
-def stop_daemons(root: HostRoot, runner: HostRunner) -> bool:
-    """Stop and disable gridd and persistenced: systemd units, else the processes themselves."""
-    if host_has_systemd(root):
-        changed = False
-        for unit in UNITS:
-            enabled, active = unit_status(runner, unit)
-            if enabled or active:
-                runner.run(["systemctl", "disable", "--now", unit], check=False, timeout=60)
-                changed = True
-        return changed
-    pids = [str(p.pid) for name in DAEMONS for p in processes_named(root, name)]
-    if pids:
-        runner.run(["kill", *pids], check=False, timeout=30)
-    return bool(pids)
+def stop_daemons(root: HostRoot, runner: HostRunner, *,
+                 wait: float = DAEMON_STOP_WAIT) -> bool:
+    """Stop and disable gridd and persistenced (modules.stop_driver_daemons, disable=True)."""
+    return bool(stop_driver_daemons(root, runner, disable=True, wait=wait))
 
 
 def _cached_runs(root: HostRoot) -> list[Path]:

@@ -1,9 +1,12 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from agent import __version__
 from agent.cli import cli, run_cli, termination_log_path
+from agent.errors import ConfigError
+from agent.settings import build_settings
 
 
 @pytest.fixture
@@ -105,3 +108,18 @@ def test_hostile_settings_exit_2_naming_the_variable(monkeypatch, term, env, val
     monkeypatch.setenv(env, value)
     assert run_cli(["install", "--dry-run"], environ) == 2
     assert env in path.read_text()
+
+
+def test_termination_log_is_a_setting_that_still_works_when_settings_fail(tmp_path,
+                                                                         monkeypatch):
+    term = tmp_path / "t"
+    env = {"GRID_AGENT_TERMINATION_LOG": str(term)}
+    monkeypatch.setenv("GRID_AGENT_WATCH_INTERVAL", "soon")
+    assert run_cli(["detect"], env) == 2  # settings fail...
+    monkeypatch.delenv("GRID_AGENT_WATCH_INTERVAL")
+    assert "GRID_AGENT_WATCH_INTERVAL" in term.read_text()  # ...the message still arrives
+    assert build_settings({}, {"GRID_AGENT_TERMINATION_LOG": str(term)}).termination_log == term
+    with pytest.raises(ConfigError, match="GRID_AGENT_TERMINATION_LOG: must be an absolute"):
+        build_settings({}, {"GRID_AGENT_TERMINATION_LOG": "relative/t"})
+    assert termination_log_path({"GRID_AGENT_TERMINATION_LOG": "relative/t"}) in (
+        None, Path("/dev/termination-log"))

@@ -22,3 +22,19 @@ def test_host_command_error_carries_the_process_facts():
     assert err.argv == ("apt-get", "install", "x")
     assert err.returncode == 100
     assert "`apt-get install x` exited 100: E: one | E: two" in err.line()
+
+
+def agent_error_classes(cls=errors.AgentError):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from agent_error_classes(sub)
+
+
+def test_every_error_class_and_cli_code_is_a_row_of_the_one_table():
+    documented = {code for codes, _ in errors.EXIT_CODES for code in codes}
+    for cls in agent_error_classes():
+        if cls is not errors.Terminated:  # 128 + the signal, an instance attribute
+            assert cls.exit_code in documented, cls
+    assert {errors.OK, errors.BUG, errors.INTERRUPTED, 128 + 15} <= documented
+    assert errors.exit_meaning(errors.Terminated(15, "SIGTERM").exit_code).startswith("stopped")
+    assert errors.exit_meaning(77) == "undocumented"

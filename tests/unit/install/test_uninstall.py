@@ -146,8 +146,8 @@ def test_without_systemd_the_daemon_processes_are_killed(node):
     put(node.root, "/proc/322/comm", "nvidia-persiste\n", 0o644)  # truncated to 15 chars
     put(node.root, "/proc/400/comm", "bash\n", 0o644)
     runner = Runner()
-    assert un.stop_daemons(node.root, runner) is True
-    assert runner.argvs == [["kill", "321", "322"]]
+    assert un.stop_daemons(node.root, runner, wait=0) is True
+    assert runner.argvs == [["kill", "322"], ["kill", "321"]]  # persistenced, then gridd
     assert un.stop_daemons(HostRoot(node.root.path("/nonexistent")), Runner()) is False
 
 
