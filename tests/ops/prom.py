@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from agent.driver.record import RECORD_PATH
 from agent.health.metrics import make_registry
 from agent.health.monitor import VerdictCache
-from tests.unit.health.fakenode import FakeHost, health, healthy_node
+from tests.fakes.watch import FakeHost, health, healthy_node
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "manifests" / "monitoring"

@@ -15,8 +15,8 @@ import pytest
 
 from agent.driver.nvsmi import NvsmiParseError, parse_report, run_smi
 from agent.host.runner import HostRunner
+from tests.fakes.smi import fixture
 from tests.simnode import realparts
-from tests.unit.driver.smifake import fixture
 
 pytestmark = [
     pytest.mark.simnode,

@@ -12,14 +12,10 @@ from agent.catalog import (
     vgpu_release,
 )
 from agent.errors import ConfigError
-from agent.settings import build_settings
+from tests.fakes.settings import settings
 
 PINNED = "b360c7edf0686c7e47b1dc7980baa5c7740a00eb372cfafe045a28b4456fb32b"
 OTHER = "ab" * 32
-
-
-def settings(**env):
-    return build_settings({}, {f"GRID_AGENT_{k.upper()}": v for k, v in env.items()})
 
 
 def test_default_is_the_pinned_azure_580_release():

@@ -3,56 +3,39 @@ import pytest
 from agent import handoff as pub
 from agent.errors import InstallError
 from agent.host.root import HostRoot
-from agent.host.runner import CommandResult
+from tests.fakes.runner import RBIND, mounting_runner
 
 BASE = (
     "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
     "25 22 0:23 / /run rw,nosuid shared:5 - tmpfs tmpfs rw\n"
 )
-RBIND = "31 25 8:1 / /run/nvidia/driver rw shared:1 - ext4 /dev/sda1 rw\n"
-
-
-class MountingRunner:
-    """Plays the host's mount(8): records argv and updates the host's mountinfo file."""
-
-    def __init__(self, mountinfo):
-        self.mountinfo = mountinfo
-        self.argvs = []
-
-    def run(self, argv, **_):
-        self.argvs.append(list(argv))
-        if argv[:2] == ["mount", "--rbind"]:
-            self.mountinfo.write_text(self.mountinfo.read_text() + RBIND)
-        elif argv[:2] == ["umount", "--lazy"]:
-            self.mountinfo.write_text(self.mountinfo.read_text().replace(RBIND, ""))
-        return CommandResult(tuple(argv), 0, "", "", 0.0)
 
 
 @pytest.fixture
 def host(tmp_path):
     (tmp_path / "proc/1").mkdir(parents=True)
     (tmp_path / "proc/1/mountinfo").write_text(BASE)
-    return HostRoot(tmp_path), MountingRunner(tmp_path / "proc/1/mountinfo")
+    return HostRoot(tmp_path), mounting_runner(tmp_path / "proc/1/mountinfo")
 
 
 def test_publish_mounts_then_marks_and_is_idempotent(host):
     root, runner = host
     assert not pub.inspect_handoff(root).intact
     assert pub.publish(root, runner) is True
-    assert runner.argvs == [["mount", "--rbind", "/", "/run/nvidia/driver"]]
+    assert runner.calls == [["mount", "--rbind", "/", "/run/nvidia/driver"]]
     assert root.read_text(pub.MARKER) == pub.MARKER_CONTENT
     assert pub.inspect_handoff(root).intact
     assert pub.publish(root, runner) is False
-    assert len(runner.argvs) == 1
+    assert len(runner.calls) == 1
 
 
 def test_existing_mount_point_is_left_alone_and_dir_never_recreated(host):
     root, runner = host
     root.path(pub.DRIVER_ROOT).mkdir(parents=True)
     inode = root.path(pub.DRIVER_ROOT).stat().st_ino
-    runner.mountinfo.write_text(BASE + RBIND)
+    root.path("/proc/1/mountinfo").write_text(BASE + RBIND)
     assert pub.publish(root, runner) is True  # only the marker was missing
-    assert runner.argvs == []
+    assert runner.calls == []
     assert root.path(pub.DRIVER_ROOT).stat().st_ino == inode
 
 
@@ -60,7 +43,7 @@ def test_reboot_empties_run_and_publish_restores_both(host):
     root, runner = host
     pub.publish(root, runner)
     root.path(pub.MARKER).unlink()
-    runner.mountinfo.write_text(BASE)
+    root.path("/proc/1/mountinfo").write_text(BASE)
     handoff = pub.inspect_handoff(root)
     assert "missing" in handoff.reason and "not a mount" in handoff.reason
     assert pub.publish(root, runner) is True
@@ -68,8 +51,9 @@ def test_reboot_empties_run_and_publish_restores_both(host):
 
 
 def test_a_mount_of_something_else_is_not_the_host_root(host):
-    root, runner = host
-    runner.mountinfo.write_text(BASE + "31 25 0:99 / /run/nvidia/driver rw - tmpfs tmpfs rw\n")
+    root, _ = host
+    other = "31 25 0:99 / /run/nvidia/driver rw - tmpfs tmpfs rw\n"
+    root.path("/proc/1/mountinfo").write_text(BASE + other)
     assert not pub.inspect_handoff(root).mounted
 
 
@@ -94,7 +78,7 @@ def test_unpublish_removes_marker_then_lazily_unmounts(host):
     root, runner = host
     pub.publish(root, runner)
     assert pub.unpublish(root, runner) is True
-    assert runner.argvs[-1] == ["umount", "--lazy", "/run/nvidia/driver"]
+    assert runner.calls[-1] == ["umount", "--lazy", "/run/nvidia/driver"]
     assert not root.path(pub.MARKER).exists()
     assert root.path(pub.DRIVER_ROOT).is_dir()
     assert pub.unpublish(root, runner) is False
@@ -103,27 +87,12 @@ def test_unpublish_removes_marker_then_lazily_unmounts(host):
 TMPFS = "40 25 0:99 / /run/nvidia/driver rw - tmpfs tmpfs rw\n"
 
 
-class StackRunner(MountingRunner):
-    """mount(8) as the kernel does it: each mount stacks, each umount takes the top off."""
-
-    def run(self, argv, **_):
-        self.argvs.append(list(argv))
-        lines = self.mountinfo.read_text().splitlines(keepends=True)
-        if argv[:2] == ["mount", "--rbind"]:
-            lines.append(RBIND)
-        elif argv[:2] == ["umount", "--lazy"]:
-            at = [i for i, ln in enumerate(lines) if ln.split()[4] == argv[-1]]
-            del lines[at[-1]]
-        self.mountinfo.write_text("".join(lines))
-        return CommandResult(tuple(argv), 0, "", "", 0.0)
-
-
 @pytest.fixture
 def stack(tmp_path):
     (tmp_path / "proc/1").mkdir(parents=True)
     (tmp_path / "proc/1/mountinfo").write_text(BASE)
     (tmp_path / "run").mkdir()
-    return HostRoot(tmp_path), StackRunner(tmp_path / "proc/1/mountinfo")
+    return HostRoot(tmp_path), mounting_runner(tmp_path / "proc/1/mountinfo")
 
 
 @pytest.mark.parametrize("target", ["/srv/elsewhere", "/"])
@@ -135,41 +104,41 @@ def test_a_link_at_the_driver_root_is_replaced_never_followed(stack, target):
     assert pub.publish(root, runner) is True
     driver = root.path(pub.DRIVER_ROOT)
     assert driver.is_dir() and not driver.is_symlink()
-    assert runner.argvs == [["mount", "--rbind", "/", "/run/nvidia/driver"]]
+    assert runner.calls == [["mount", "--rbind", "/", "/run/nvidia/driver"]]
     for _ in range(3):  # idempotent: never mounts again
         assert pub.publish(root, runner) is False
-    assert len(runner.argvs) == 1 and pub.inspect_handoff(root).intact
+    assert len(runner.calls) == 1 and pub.inspect_handoff(root).intact
     assert list(root.path("/srv/elsewhere").iterdir()) == []
 
 
 def test_a_foreign_mount_is_refused_and_the_marker_withdrawn(stack):
     root, runner = stack
-    runner.mountinfo.write_text(BASE + TMPFS)
+    root.path("/proc/1/mountinfo").write_text(BASE + TMPFS)
     root.write_file(pub.MARKER, pub.MARKER_CONTENT)  # left from an earlier hand-off
     with pytest.raises(InstallError, match=r"foreign tmpfs mount .* at /run/nvidia/driver") as err:
         pub.publish(root, runner)
     assert err.value.exit_code == 6 and "umount -R /run/nvidia/driver" in err.value.line()
-    assert runner.argvs == []  # nothing stacked on it
+    assert runner.calls == []  # nothing stacked on it
     assert root.read_text(pub.MARKER) is None
     with pytest.raises(InstallError):
         pub.publish(root, runner)
-    assert runner.argvs == []
-    assert pub.unpublish(root, runner) is False and runner.argvs == []  # not ours: kept
+    assert runner.calls == []
+    assert pub.unpublish(root, runner) is False and runner.calls == []  # not ours: kept
 
 
 def test_our_bind_over_a_foreign_mount_is_refused_too(stack):
     root, runner = stack
-    runner.mountinfo.write_text(BASE + TMPFS + RBIND)
+    root.path("/proc/1/mountinfo").write_text(BASE + TMPFS + RBIND)
     with pytest.raises(InstallError, match="foreign tmpfs"):
         pub.publish(root, runner)
 
 
 def test_binds_stacked_by_an_older_agent_are_taken_down_to_one(stack):
     root, runner = stack
-    runner.mountinfo.write_text(BASE + RBIND * 3)
+    root.path("/proc/1/mountinfo").write_text(BASE + RBIND * 3)
     assert pub.publish(root, runner) is True
-    assert runner.argvs == [["umount", "--lazy", "/run/nvidia/driver"]] * 2
-    assert runner.mountinfo.read_text().count(RBIND) == 1
+    assert runner.calls == [["umount", "--lazy", "/run/nvidia/driver"]] * 2
+    assert root.path("/proc/1/mountinfo").read_text().count(RBIND) == 1
     assert pub.publish(root, runner) is False
 
 
@@ -179,7 +148,7 @@ def test_a_linked_run_nvidia_is_refused(stack):
     root.path("/run/nvidia").symlink_to("/srv/nv")
     with pytest.raises(InstallError, match=r"/run/nvidia is a symbolic link \(to /srv/nv\)"):
         pub.publish(root, runner)
-    assert runner.argvs == [] and list(root.path("/srv/nv").iterdir()) == []
+    assert runner.calls == [] and list(root.path("/srv/nv").iterdir()) == []
 
 
 def test_a_file_at_the_driver_root_is_refused(stack):
@@ -188,4 +157,4 @@ def test_a_file_at_the_driver_root_is_refused(stack):
     root.path(pub.DRIVER_ROOT).write_text("")
     with pytest.raises(InstallError, match="/run/nvidia/driver is not a directory"):
         pub.publish(root, runner)
-    assert runner.argvs == []
+    assert runner.calls == []

@@ -4,7 +4,8 @@ from agent.errors import UnhealthyError
 from agent.host.root import HostRoot
 from agent.install.commands import install_command, uninstall_command
 from agent.run import HealthReport, run_command
-from tests.unit.install.fakehost import H100, FakeNode, settings
+from tests.fakes.kit import FakeNode, settings
+from tests.fakes.pci import H100
 
 
 @pytest.fixture

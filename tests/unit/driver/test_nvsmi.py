@@ -3,7 +3,8 @@
 import pytest
 
 from agent.driver.nvsmi import NvsmiParseError, parse_report, pci_slot, run_smi
-from tests.unit.driver.smifake import FakeSmiRunner, fixture
+from tests.fakes.runner import smi_runner
+from tests.fakes.smi import fixture
 
 HEALTHY = ["healthy-v13.xml", "healthy-v12.xml", "healthy-v11.xml", "no-doctype.xml",
            "whitespace.xml", "unknown-elements.xml", "prose-before-xml.xml",
@@ -99,16 +100,17 @@ def test_pci_slot(bus_id, slot):
 
 
 def test_run_smi_healthy():
-    runner = FakeSmiRunner()
+    runner = smi_runner()
     outcome = run_smi(runner, timeout=7)
     assert outcome.ok and outcome.exit_code == 0 and outcome.reason is None
     assert outcome.report.driver_version == "580.105.08"
     assert "Driver Version: 580.105.08" in outcome.output
-    assert runner.calls == [(("nvidia-smi",), 7), (("nvidia-smi", "-q", "-x"), 7)]
+    assert runner.calls == [["nvidia-smi"], ["nvidia-smi", "-q", "-x"]]
+    assert runner.timeouts == [7, 7]
 
 
 def test_run_smi_exit_14_still_parses_xml():
-    outcome = run_smi(FakeSmiRunner(plain_code=14, plain_out="WARNING: infoROM is corrupted\n"))
+    outcome = run_smi(smi_runner(plain_code=14, plain_out="WARNING: infoROM is corrupted\n"))
     assert not outcome.ok
     assert outcome.exit_code == 14
     assert outcome.report is not None
@@ -117,7 +119,7 @@ def test_run_smi_exit_14_still_parses_xml():
 
 def test_run_smi_prose():
     prose = fixture("prose-no-driver.txt")
-    outcome = run_smi(FakeSmiRunner(plain_code=9, plain_out=prose, xml_code=9, xml_out=prose))
+    outcome = run_smi(smi_runner(plain_code=9, plain_out=prose, xml_code=9, xml_out=prose))
     assert outcome.report is None
     assert outcome.reason.startswith("nvidia-smi exited 9: NVIDIA-SMI has failed")
     assert outcome.reason == ("nvidia-smi exited 9: NVIDIA-SMI has failed because it couldn't "
@@ -127,14 +129,14 @@ def test_run_smi_prose():
 
 
 def test_run_smi_bad_xml_with_exit_0():
-    outcome = run_smi(FakeSmiRunner(xml_out=fixture("truncated.xml")))
+    outcome = run_smi(smi_runner(xml_out=fixture("truncated.xml")))
     assert outcome.exit_code == 0 and not outcome.ok
     assert "malformed XML report" in outcome.reason
     assert outcome.reason == outcome.xml_reason
 
 
 def test_run_smi_timeout_does_not_try_xml():
-    runner = FakeSmiRunner(hang=True)
+    runner = smi_runner(fails="timeout")
     outcome = run_smi(runner, timeout=1)
     assert outcome.exit_code == 124
     assert outcome.reason == "`nvidia-smi` timed out"
@@ -143,7 +145,7 @@ def test_run_smi_timeout_does_not_try_xml():
 
 
 def test_run_smi_missing_binary():
-    outcome = run_smi(FakeSmiRunner(missing=True))
+    outcome = run_smi(smi_runner(fails="missing"))
     assert outcome.exit_code == 127
     assert "could not run" in outcome.reason and outcome.report is None
 
@@ -151,7 +153,7 @@ def test_run_smi_missing_binary():
 def test_run_smi_r610_table_and_kmd_report():
     # R610 prints "KMD Version" and a deprecated "Driver Version" in the table; the version
     # always comes from the XML report, never from the table's prose.
-    runner = FakeSmiRunner(plain_out=fixture("smi-table-r610.txt"), xml_out=fixture("r610-kmd.xml"))
+    runner = smi_runner(plain_out=fixture("smi-table-r610.txt"), xml_out=fixture("r610-kmd.xml"))
     outcome = run_smi(runner)
     assert outcome.ok and outcome.report.driver_version == "610.20.01"
     assert "[Deprecated; use KMD Version]" in outcome.output

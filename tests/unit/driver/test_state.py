@@ -13,6 +13,7 @@ from agent.driver.state import (
     read_module_state,
 )
 from agent.host.root import HostRoot
+from tests.fakes.tree import Tree
 
 PROPRIETARY = ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.105.08  "
                "Wed Oct 29 23:15:00 UTC 2025\nGCC version:  gcc version 12.2.0\n")
@@ -21,9 +22,7 @@ OPEN = ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.105.08  Re
 
 
 def write(root: Path, host_path: str, text: str) -> None:
-    path = root / host_path.lstrip("/")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    Tree(root).write(host_path, text)
 
 
 def loaded_node(tmp_path: Path, proc: str = PROPRIETARY, refcnt: str = "3\n") -> HostRoot:

@@ -9,18 +9,10 @@ import pytest
 from agent.health.checks import driver_healthy
 from agent.health.verdict import DEGRADED, HEALTHY, NOT_APPLICABLE, UNHEALTHY
 from tests.fakes.clock import FakeClock
+from tests.fakes.pci import H100, TARGET
 from tests.fakes.pci_config import config_space, host_record
-from tests.unit.driver.smifake import fixture
-from tests.unit.health.fakenode import (
-    H100,
-    NVRM,
-    TARGET,
-    FakeHost,
-    health,
-    healthy_node,
-    put,
-    reboot_without_driver,
-)
+from tests.fakes.smi import fixture
+from tests.fakes.watch import NVRM, FakeHost, health, healthy_node, put, reboot_without_driver
 
 
 @pytest.fixture
@@ -59,7 +51,7 @@ def test_not_a_target_node_runs_nothing(node):
     root, host = node
     verdict = health(root, host, devices=(H100,)).check_once()
     assert verdict.state == NOT_APPLICABLE and verdict.ready
-    assert host.argvs == []
+    assert host.calls == []
 
 
 def test_module_not_loaded(node):

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from agent.health.monitor import Monitor, VerdictCache
 from agent.health.server import HealthApp
 from tests.fakes.clock import FakeClock
-from tests.unit.health.fakenode import FakeHost, healer, health, healthy_node
+from tests.fakes.watch import FakeHost, healer, health, healthy_node
 from tests.unit.health.test_server import call, families, sample
 
 STALE_AFTER_S = 0.01 + 0.0 + 5.0 + 30.0  # interval + jitter + check timeout + 30

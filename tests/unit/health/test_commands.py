@@ -18,14 +18,13 @@ from agent.health.verdict import (
     write_verdict_file,
 )
 from agent.settings import build_settings
-from tests.unit.health.fakenode import FakeHost, health, healthy_node
+from tests.fakes.settings import settings as fake_settings
+from tests.fakes.watch import FakeHost, health, healthy_node
 
 
 def settings(tmp_path, **env):
-    base = {"GRID_AGENT_HOST_ROOT": str(tmp_path), "GRID_AGENT_NSENTER": "false",
-            "GRID_AGENT_VERDICT_FILE": str(tmp_path / "pod/verdict.json")}
-    base.update({f"GRID_AGENT_{k.upper()}": v for k, v in env.items()})
-    return build_settings({}, base)
+    return fake_settings(host_root=tmp_path, nsenter="false",
+                         verdict_file=tmp_path / "pod/verdict.json", **env)
 
 
 def test_check_healthy_prints_a_table(tmp_path):

@@ -9,7 +9,7 @@ from agent.driver.record import RECORD_PATH, read_prebuilds
 from agent.health.metrics import make_registry, render
 from agent.health.monitor import VerdictCache
 from agent.host.root import HostRoot
-from tests.unit.health.fakenode import FakeHost, health, healthy_node
+from tests.fakes.watch import FakeHost, health, healthy_node
 
 
 def scrape(tmp_path) -> dict:

@@ -12,9 +12,9 @@ from agent.health.monitor import Monitor, VerdictCache
 from agent.health.verdict import HEALTHY, UNHEALTHY
 from agent.host.lock import host_lock
 from agent.host.root import HostRoot
-from tests.unit.driver.smifake import fixture
-from tests.unit.health.fakenode import (
-    H100,
+from tests.fakes.pci import H100
+from tests.fakes.smi import fixture
+from tests.fakes.watch import (
     RBIND,
     FakeHost,
     healer,
@@ -36,7 +36,7 @@ def test_reboot_with_driver_autoloaded_restores_the_handoff(tmp_path):
     host = FakeHost(tmp_path)
     with capture_logs() as logs:
         verdict = monitor(tmp_path, host).step()
-    assert ["mount", "--rbind", "/", "/run/nvidia/driver"] in host.argvs
+    assert ["mount", "--rbind", "/", "/run/nvidia/driver"] in host.calls
     assert pub.inspect_handoff(HostRoot(tmp_path)).intact
     assert verdict.state == HEALTHY, verdict.reason()
     assert verdict.facts["self_heal"] == "published"
@@ -49,7 +49,7 @@ def test_healthy_handoff_is_left_alone(tmp_path):
     host = FakeHost(tmp_path)
     m = monitor(tmp_path, host)
     m.step()
-    assert not [a for a in host.argvs if a[0] == "mount"]
+    assert not [a for a in host.calls if a[0] == "mount"]
     assert m.cache.heals == {}
 
 
@@ -62,7 +62,7 @@ def test_driver_gone_withdraws_the_marker_and_never_unmounts(tmp_path):
     verdict = m.step()
     assert not (tmp_path / pub.MARKER.lstrip("/")).exists()
     assert RBIND in (tmp_path / "proc/1/mountinfo").read_text()
-    assert not [a for a in host.argvs if a[0] in ("umount", "rmmod", "modprobe")]
+    assert not [a for a in host.calls if a[0] in ("umount", "rmmod", "modprobe")]
     assert verdict.state == UNHEALTHY and m.cache.heals == {"marker_removed": 1}
 
 
@@ -77,7 +77,7 @@ def test_broken_driver_is_not_published(tmp_path):
     healthy_node(tmp_path, published=False)
     host = FakeHost(tmp_path, smi_code=14, smi_out="boom\n")
     verdict = monitor(tmp_path, host).step()
-    assert not [a for a in host.argvs if a[0] == "mount"]
+    assert not [a for a in host.calls if a[0] == "mount"]
     assert verdict.check("handoff").status == "fail"
 
 
@@ -86,7 +86,7 @@ def test_self_heal_waits_for_a_held_lock(tmp_path):
     host = FakeHost(tmp_path)
     with host_lock(HostRoot(tmp_path), wait=False), capture_logs() as logs:
         monitor(tmp_path, host).step()
-    assert not [a for a in host.argvs if a[0] == "mount"]
+    assert not [a for a in host.calls if a[0] == "mount"]
     assert any(e["event"] == "self_heal_deferred" for e in logs)
 
 
@@ -94,14 +94,14 @@ def test_self_heal_off(tmp_path):
     healthy_node(tmp_path, published=False)
     host = FakeHost(tmp_path)
     monitor(tmp_path, host, heal=False).step()
-    assert not [a for a in host.argvs if a[0] == "mount"]
+    assert not [a for a in host.calls if a[0] == "mount"]
 
 
 def test_not_applicable_node_is_never_touched(tmp_path):
     put(tmp_path, "/proc/1/mountinfo", "")
     host = FakeHost(tmp_path)
     verdict = monitor(tmp_path, host, devices=(H100,)).step()
-    assert verdict.ready and host.argvs == []
+    assert verdict.ready and host.calls == []
 
 
 def test_hanging_check_is_cut_and_the_loop_goes_on(tmp_path):

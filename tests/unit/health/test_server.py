@@ -13,7 +13,7 @@ from agent.health.server import MAX_HEADER_BYTES, HealthApp, HealthServer
 from agent.health.verdict import FAIL, OK, WARN, CheckResult, make_verdict
 from tests.fakes.clock import FakeClock
 from tests.fakes.pci_config import config_space
-from tests.unit.health.fakenode import FakeHost, health, healthy_node
+from tests.fakes.watch import FakeHost, health, healthy_node
 
 STALE = 100.0
 

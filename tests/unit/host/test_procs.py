@@ -55,7 +55,7 @@ def test_refusal_names_the_pid_and_is_exit_8(tmp_path):
 def test_uninstall_refuses_under_a_running_installer(tmp_path):
     from agent.errors import InstallerRunning
     from agent.install.uninstall import uninstall
-    from tests.unit.install.fakehost import FakeNode, settings
+    from tests.fakes.kit import FakeNode, settings
 
     node = FakeNode(HostRoot(tmp_path))
     proc(tmp_path, 77, ["/tmp/x/nvidia-installer", "--silent"])

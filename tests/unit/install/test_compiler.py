@@ -1,9 +1,9 @@
 import pytest
 
-from agent.errors import HostCommandError, PreflightError
+from agent.errors import PreflightError
 from agent.host.root import HostRoot
-from agent.host.runner import CommandResult
 from agent.install import compiler as cc
+from tests.fakes.runner import FakeRunner
 
 RELEASE = "6.8.0-1030-azure"
 # The first lines of a real build tree's .config (Debian's 6.1 headers on this machine).
@@ -20,17 +20,11 @@ GCC11 = "gcc (Debian 11.3.0-12) 11.3.0\nCopyright (C) 2021 Free Software Foundat
 GCC12 = "gcc (Debian 12.2.0-14+deb12u1) 12.2.0\nCopyright (C) 2022 Free Software Foundation.\n"
 
 
-class GccRunner:
-    """The host answering `gcc --version` (or not having gcc)."""
-
-    def __init__(self, stdout, rc=0):
-        self.stdout, self.rc, self.argvs = stdout, rc, []
-
-    def run(self, argv, *, timeout=None, check=True, **_):
-        self.argvs.append(list(argv))
-        if self.stdout is None:
-            raise HostCommandError(argv, None, reason="could not start: No such file")
-        return CommandResult(tuple(argv), self.rc, self.stdout, "", 0.01)
+def gcc_host(stdout):
+    """The host answering `gcc --version` (stdout None: it has no gcc)."""
+    if stdout is None:
+        return FakeRunner().on(fails="missing")
+    return FakeRunner().on(stdout=stdout)
 
 
 @pytest.fixture
@@ -91,14 +85,14 @@ def test_installer_env_reaches_kbuild_through_makeflags():
 
 def test_same_major_keeps_the_hosts_compiler_and_installs_nothing(root):
     installs = []
-    choice = cc.ensure_kernel_compiler(root, GccRunner(GCC12), RELEASE, install=installs.append)
+    choice = cc.ensure_kernel_compiler(root, gcc_host(GCC12), RELEASE, install=installs.append)
     assert (choice.cc, choice.changed, installs) == (None, False, [])
 
 
 def test_a_present_gcc_12_is_used_without_apt(root):
     add_command(root, "gcc-12")
     installs = []
-    choice = cc.ensure_kernel_compiler(root, GccRunner(GCC11), RELEASE, install=installs.append)
+    choice = cc.ensure_kernel_compiler(root, gcc_host(GCC11), RELEASE, install=installs.append)
     assert (choice.cc, choice.changed, installs) == ("gcc-12", False, [])
 
 
@@ -107,13 +101,13 @@ def test_a_missing_gcc_12_is_installed(root):
         assert pkgs == ["gcc-12"]
         add_command(root, "gcc-12")
 
-    choice = cc.ensure_kernel_compiler(root, GccRunner(GCC11), RELEASE, install=install)
+    choice = cc.ensure_kernel_compiler(root, gcc_host(GCC11), RELEASE, install=install)
     assert (choice.cc, choice.changed) == ("gcc-12", True)
 
 
 def test_no_gcc_on_the_host_at_all_still_asks_for_the_kernels(root):
     add_command(root, "gcc-12")
-    choice = cc.ensure_kernel_compiler(root, GccRunner(None), RELEASE, install=list)
+    choice = cc.ensure_kernel_compiler(root, gcc_host(None), RELEASE, install=list)
     assert choice.cc == "gcc-12"
 
 
@@ -122,7 +116,7 @@ def test_a_compiler_that_cannot_be_had_is_exit_4_naming_it(root):
         raise PreflightError("cannot install gcc-12: apt-get cannot reach the package mirror")
 
     with pytest.raises(PreflightError) as err:
-        cc.ensure_kernel_compiler(root, GccRunner(GCC11), RELEASE, install=install)
+        cc.ensure_kernel_compiler(root, gcc_host(GCC11), RELEASE, install=install)
     assert err.value.exit_code == 4
     assert "gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0" in err.value.message
     assert "its compiler gcc-12 cannot be installed" in err.value.message
@@ -131,10 +125,10 @@ def test_a_compiler_that_cannot_be_had_is_exit_4_naming_it(root):
 
 def test_apt_without_the_command_afterwards_is_exit_4(root):
     with pytest.raises(PreflightError, match="no gcc-12 command"):
-        cc.ensure_kernel_compiler(root, GccRunner(GCC11), RELEASE, install=lambda pkgs: None)
+        cc.ensure_kernel_compiler(root, gcc_host(GCC11), RELEASE, install=lambda pkgs: None)
 
 
 def test_no_record_in_the_build_tree_changes_nothing(tmp_path):
-    runner = GccRunner(GCC11)
+    runner = gcc_host(GCC11)
     choice = cc.ensure_kernel_compiler(HostRoot(tmp_path), runner, RELEASE, install=list)
-    assert choice.cc is None and runner.argvs == []
+    assert choice.cc is None and runner.calls == []

@@ -2,8 +2,8 @@ import pytest
 
 from agent.errors import InstallError
 from agent.host.root import HostRoot
-from agent.host.runner import CommandResult
 from agent.install import foreign
+from tests.fakes.runner import FakeRunner
 
 PIN = "580.105.08"
 OTHER = "535.183.01"
@@ -29,13 +29,9 @@ FOREIGN = ["cuda-drivers-535", "libnvidia-compute-535", "nvidia-dkms-535", "nvid
            "nvidia-kernel-common-535", "nvidia-utils-535"]
 
 
-class Runner:
-    def __init__(self):
-        self.argvs = []
-
-    def run(self, argv, *, timeout=None, check=True, env=None):
-        self.argvs.append(list(argv))
-        return CommandResult(tuple(argv), 0, "", "", 0.01)
+def ok_runner():
+    """Every host command succeeds."""
+    return FakeRunner().on()
 
 
 def write(root, host_path, data, mode=0o644):
@@ -92,15 +88,15 @@ def test_find_foreign_names_everything_but_ours(cuda_host):
 def test_a_clean_host_has_none(root):
     write(root, foreign.DPKG_STATUS, stanza("bash"))
     assert not foreign.find_foreign(root, PIN)
-    runner = Runner()
+    runner = ok_runner()
     calls = []
     assert foreign.remove_foreign(root, runner, PIN, unload=lambda *a, **k: calls.append(a),
                                   purge=calls.append) is False
-    assert calls == [] and runner.argvs == []
+    assert calls == [] and runner.calls == []
 
 
 def test_unused_it_is_unloaded_purged_and_its_dkms_tree_removed(cuda_host):
-    runner = Runner()
+    runner = ok_runner()
     unloads, purges = [], []
 
     def purge(pkgs):
@@ -119,7 +115,7 @@ def test_unused_it_is_unloaded_purged_and_its_dkms_tree_removed(cuda_host):
     assert not cuda_host.exists(f"/lib/modules/{KERNEL}/updates/dkms/nvidia.ko")
     assert cuda_host.exists(f"/var/lib/dkms/nvidia/{PIN}/source")  # ours stays
     assert cuda_host.exists(f"/lib/modules/{KERNEL}/updates/dkms/nvidia-uvm.ko")
-    assert ["depmod", "-a", KERNEL] in runner.argvs
+    assert ["depmod", "-a", KERNEL] in runner.calls
     assert "libnvidia-container1" in cuda_host.read_text(foreign.DPKG_STATUS)
 
 
@@ -130,7 +126,7 @@ def test_in_use_it_is_exit_6_naming_it_and_nothing_is_removed(cuda_host):
 
     purges = []
     with pytest.raises(InstallError) as err:
-        foreign.remove_foreign(cuda_host, Runner(), PIN, unload=unload, purge=purges.append)
+        foreign.remove_foreign(cuda_host, ok_runner(), PIN, unload=unload, purge=purges.append)
     assert err.value.exit_code == 6
     assert "another NVIDIA driver is installed" in err.value.message
     assert "nvidia-driver-535" in err.value.message and "pid 4242" in err.value.message
@@ -139,7 +135,7 @@ def test_in_use_it_is_exit_6_naming_it_and_nothing_is_removed(cuda_host):
 
 def test_what_apt_leaves_behind_is_exit_6(cuda_host):
     with pytest.raises(InstallError, match="could not be fully removed: packages"):
-        foreign.remove_foreign(cuda_host, Runner(), PIN, unload=lambda *a, **k: False,
+        foreign.remove_foreign(cuda_host, ok_runner(), PIN, unload=lambda *a, **k: False,
                                purge=lambda pkgs: None)
 
 
@@ -148,13 +144,13 @@ def test_an_aks_prebake_is_torn_down_like_agentbaker_does(root):
     write(root, "/usr/bin/lib64/libnvidia-ml.so.1", "")
     write(root, "/etc/ld.so.conf.d/nvidia.conf", "/usr/bin/lib64\n")
     write(root, "/var/lib/dkms/nvidia/550.144.03/source", "")
-    runner = Runner()
+    runner = ok_runner()
     assert foreign.remove_foreign(root, runner, PIN, unload=lambda *a, **k: False,
                                   purge=lambda pkgs: pytest.fail("no packages to purge"))
     for gone in ("/usr/bin/lib64", "/etc/ld.so.conf.d/nvidia.conf", foreign.AKS_PREBAKE_MARKER,
                  "/var/lib/dkms/nvidia/550.144.03"):
         assert not root.exists(gone), gone
-    assert ["ldconfig"] in runner.argvs
+    assert ["ldconfig"] in runner.calls
 
 
 def test_a_dkms_tree_of_our_own_earlier_install_is_not_foreign(cuda_host):
@@ -180,8 +176,8 @@ def test_purge_runs_when_apt_would_take_only_those_packages():
     runner = AptRunner("NOTE: This is only a simulation!\nPurg nvidia-driver-535 [535.183.01-0]\n"
                        "Purg libnvidia-compute-535 [535.183.01-0]\n")
     foreign.purge_with_apt(runner, ["nvidia-driver-535", "libnvidia-compute-535"], lock_wait=30)
-    assert runner.argvs[0][:4] == ["apt-get", "-q", "-s", "purge"]
-    assert runner.argvs[1][-3:] == ["purge", "nvidia-driver-535", "libnvidia-compute-535"]
+    assert runner.calls[0][:4] == ["apt-get", "-q", "-s", "purge"]
+    assert runner.calls[1][-3:] == ["purge", "nvidia-driver-535", "libnvidia-compute-535"]
 
 
 def test_purge_that_would_take_a_cuda_toolkit_is_refused_naming_it():
@@ -191,4 +187,4 @@ def test_purge_that_would_take_a_cuda_toolkit_is_refused_naming_it():
         foreign.purge_with_apt(runner, ["nvidia-driver-535"], lock_wait=30)
     assert err.value.exit_code == 6
     assert "would also remove cuda-12-2, cuda-runtime-12-2" in err.value.message
-    assert len(runner.argvs) == 1  # nothing purged
+    assert len(runner.calls) == 1  # nothing purged

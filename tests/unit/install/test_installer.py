@@ -2,10 +2,10 @@ import hashlib
 
 import pytest
 
-from agent.errors import HostCommandError, InstallError
+from agent.errors import InstallError
 from agent.host.root import HostRoot
-from agent.host.runner import CommandResult
 from agent.install import installer as inst
+from tests.fakes.runner import FakeRunner
 
 LOG_FAIL = """\
 -> Installing NVIDIA driver version 580.105.08.
@@ -31,23 +31,19 @@ NVRM = ("[ 12.3] NVRM: The NVIDIA GPU 0000:00:02.0 (PCI ID: 10de:2bb5) installed
         "requires use of the NVIDIA open kernel modules.\n[ 12.4] NVRM: RmInitAdapter failed!\n")
 
 
-class ScriptedRunner:
-    """Plays the host: answers by argv, optionally writing the log its argv names first."""
-
-    def __init__(self, root, *, rc=0, stdout="", log_text=None):
-        self.root, self.rc, self.stdout, self.log_text = root, rc, stdout, log_text
-        self.argvs = []
-
-    def run(self, argv, *, timeout=None, check=True, **_):
-        self.argvs.append((list(argv), timeout))
+def scripted(root, *, rc=0, stdout="", log_text=None, before=None) -> FakeRunner:
+    """Plays the host: any command answers rc/stdout; first `before(argv)`, then the log
+    its argv names is written as the installer does (links followed)."""
+    def effect(argv):
+        if before is not None:
+            before(argv)
         logs = [a.split("=", 1)[1] for a in argv if a.startswith("--log-file-name=")]
-        if self.log_text is not None and logs:
-            path = self.root.path(logs[0])  # written as the installer does: links followed
+        if log_text is not None and logs:
+            path = root.path(logs[0])
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(self.log_text)
-        if check and self.rc:
-            raise HostCommandError(argv, self.rc, self.stdout, "")
-        return CommandResult(tuple(argv), self.rc, self.stdout, "", 1.5)
+            path.write_text(log_text)
+
+    return FakeRunner().on(rc=rc, stdout=stdout, effect=effect)
 
 
 @pytest.fixture
@@ -118,9 +114,9 @@ def test_dkms_not_executable_does_not_count(root):
 
 def test_run_installer_success_runs_a_private_verified_copy_with_timeout(root):
     add_dkms(root)
-    runner = ScriptedRunner(root)
+    runner = scripted(root)
     inst.run_installer(root, runner, cached(root), "proprietary", timeout=900)
-    (argv, timeout), = runner.argvs
+    (argv,), (timeout,) = runner.calls, runner.timeouts
     assert argv[0] == "sh" and argv[1].startswith("/var/cache/grid-agent/.exec-")
     assert argv[1].endswith("/d.run")
     assert argv[2:6] == ["--silent", "--no-drm", "-M", "proprietary"]
@@ -130,14 +126,14 @@ def test_run_installer_success_runs_a_private_verified_copy_with_timeout(root):
 
 def test_only_a_cache_entry_is_run(root):
     with pytest.raises(InstallError, match="only a verified installer"):
-        inst.run_installer(root, ScriptedRunner(root), "/tmp/d.run", "open", timeout=10)
+        inst.run_installer(root, scripted(root), "/tmp/d.run", "open", timeout=10)
 
 
 def test_failure_surfaces_the_last_error_lines_of_this_runs_log(root):
     old = root.path(inst.INSTALLER_LOG)
     old.parent.mkdir(parents=True)
     old.write_text("ERROR: from an older attempt\n")
-    runner = ScriptedRunner(root, rc=1, log_text=LOG_FAIL)
+    runner = scripted(root, rc=1, log_text=LOG_FAIL)
     with pytest.raises(inst.InstallerFailed) as err:
         inst.run_installer(root, runner, cached(root), "proprietary", timeout=10)
     assert err.value.exit_code == 6
@@ -148,7 +144,7 @@ def test_failure_surfaces_the_last_error_lines_of_this_runs_log(root):
 
 
 def test_failure_without_a_log_uses_the_command_output(root):
-    runner = ScriptedRunner(root, rc=1, stdout="ERROR: no space left\n")
+    runner = scripted(root, rc=1, stdout="ERROR: no space left\n")
     with pytest.raises(inst.InstallerFailed, match="no space left"):
         inst.run_installer(root, runner, cached(root), "open", timeout=10)
 
@@ -161,19 +157,19 @@ def test_only_the_kernel_says_requires_open():
 
 
 def test_recommended_type_is_the_answer_line_after_makeself_chatter(root):
-    runner = ScriptedRunner(root, stdout=RECOMMEND_OUT)
+    runner = scripted(root, stdout=RECOMMEND_OUT)
     run = cached(root)
     assert inst.recommended_module_type(root, runner, run, timeout=5) == "open"
-    (_sh, private, flag), _ = runner.argvs[0]
+    _sh, private, flag = runner.calls[0]
     assert private.startswith("/var/cache/grid-agent/.exec-")  # a verified private copy
     assert flag == "--print-recommended-kernel-module-type"
     assert inst.parse_recommendation("Uncompressing NVIDIA ... open source\n") is None
-    assert inst.recommended_module_type(root, ScriptedRunner(root, stdout="??"), run,
+    assert inst.recommended_module_type(root, scripted(root, stdout="??"), run,
                                         timeout=5) is None
 
 
 def test_an_installer_that_cannot_recommend_answers_none(root):
-    runner = ScriptedRunner(root, rc=1, stdout="ERROR: Invalid commandline\n")
+    runner = scripted(root, rc=1, stdout="ERROR: Invalid commandline\n")
     assert inst.recommended_module_type(root, runner, cached(root), timeout=5) is None
 
 
@@ -185,34 +181,24 @@ def test_host_path_of(root):
 
 
 def test_the_kernels_compiler_goes_in_the_installers_environment(root):
-    envs = []
-
-    class EnvRunner(ScriptedRunner):
-        def run(self, argv, *, timeout=None, check=True, env=None):
-            envs.append(env)
-            return super().run(argv, timeout=timeout, check=check)
-
-    inst.run_installer(root, EnvRunner(root), cached(root), "open", timeout=10, cc="gcc-12")
-    inst.run_installer(root, EnvRunner(root), cached(root), "open", timeout=10)
-    assert envs == [{"CC": "gcc-12", "MAKEFLAGS": "CC=gcc-12"}, {}]
+    runner = scripted(root)
+    inst.run_installer(root, runner, cached(root), "open", timeout=10, cc="gcc-12")
+    inst.run_installer(root, runner, cached(root), "open", timeout=10)
+    assert runner.envs == [{"CC": "gcc-12", "MAKEFLAGS": "CC=gcc-12"}, {}]
 
 
 def test_the_installer_log_is_written_privately_then_published(root, tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("root:x:0:\n")
 
-    class PlantingRunner(ScriptedRunner):
-        """A syslog-group user plants a link at the log path while the installer runs."""
-
-        def run(self, argv, **kw):
-            self.root.path(inst.INSTALLER_LOG).symlink_to(victim)
-            return super().run(argv, **kw)
+    def plant(argv):  # a syslog-group user plants a link at the log path meanwhile
+        root.path(inst.INSTALLER_LOG).symlink_to(victim)
 
     root.path("/var/log").mkdir(parents=True)
-    runner = PlantingRunner(root, rc=1, log_text=LOG_FAIL)
+    runner = scripted(root, rc=1, log_text=LOG_FAIL, before=plant)
     with pytest.raises(inst.InstallerFailed, match="Unable to load the kernel module"):
         inst.run_installer(root, runner, cached(root), "open", timeout=10)
-    (argv, _), = runner.argvs
+    (argv,) = runner.calls
     assert argv[-1].startswith("--log-file-name=/var/cache/grid-agent/.exec-")
     assert victim.read_text() == "root:x:0:\n"  # the link was replaced, never written through
     published = root.path(inst.INSTALLER_LOG)

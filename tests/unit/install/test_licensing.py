@@ -3,7 +3,8 @@ from structlog.testing import capture_logs
 
 from agent.errors import InstallError
 from agent.install import licensing as lic
-from tests.unit.install.hostfake import FakeRunner, Tree
+from tests.fakes.runner import FakeRunner
+from tests.fakes.tree import Tree
 
 # Shaped like the GRID driver's /etc/nvidia/gridd.conf.template.
 TEMPLATE = """\

@@ -12,8 +12,9 @@ from agent.errors import (
 )
 from agent.host.root import HostRoot
 from agent.install import modules, pipeline, uninstall
-from tests.unit.install.fakehost import FakeNode, settings
-from tests.unit.install.hostfake import FakeRunner, Tree
+from tests.fakes.kit import FakeNode, settings
+from tests.fakes.runner import FakeRunner
+from tests.fakes.tree import Tree
 
 
 def missing(argv):

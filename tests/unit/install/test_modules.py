@@ -3,7 +3,8 @@ from structlog.testing import capture_logs
 
 from agent.errors import InstallError
 from agent.install import modules
-from tests.unit.install.hostfake import FakeRunner, Tree
+from tests.fakes.runner import FakeRunner
+from tests.fakes.tree import Tree
 
 OLD = "550.54.15"
 NEW = "580.105.08"

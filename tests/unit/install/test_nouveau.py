@@ -5,7 +5,8 @@ from structlog.testing import capture_logs
 
 from agent.errors import InstallError
 from agent.install import nouveau
-from tests.unit.install.hostfake import FakeRunner, Tree
+from tests.fakes.runner import FakeRunner
+from tests.fakes.tree import Tree
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ from tenacity.wait import wait_none
 
 from agent.errors import PreflightError
 from agent.install import packages as pk
-from tests.unit.install.hostfake import FakeRunner, Tree
+from tests.fakes.runner import FakeRunner
+from tests.fakes.tree import Tree
 
 KVER = "6.8.0-1020-azure"
 HEADERS = f"linux-headers-{KVER}"

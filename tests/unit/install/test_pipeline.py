@@ -5,7 +5,8 @@ from agent.driver.record import read_record
 from agent.errors import InstallError, PreflightError, VerifyError
 from agent.host.root import HostRoot
 from agent.install import pipeline
-from tests.unit.install.fakehost import H100, RUN_PATH, FakeNode, release, settings
+from tests.fakes.kit import RUN_PATH, FakeNode, release, settings
+from tests.fakes.pci import H100
 
 # The fast path's look is one snapshot (uname -r, nvidia-smi, -q -x); verify is a fresh one.
 FULL = ["snapshot", "preflight", "ensure_installer", "ensure_build_deps", "remove_marker",

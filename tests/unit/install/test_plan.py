@@ -5,8 +5,9 @@ from agent.host.root import HostRoot
 from agent.install import pipeline
 from agent.install.plan import format_plan, make_plan
 from agent.install.steps import STEPS, applies
+from tests.fakes.kit import FakeNode, loaded, settings
+from tests.fakes.pci import H100
 from tests.fakes.pci_config import config_space
-from tests.unit.install.fakehost import H100, FakeNode, loaded, settings
 
 
 @pytest.fixture
@@ -111,7 +112,7 @@ def test_preflight_names_the_host_vgpu_manager_and_a_known_bad_kernel(node):
 
 
 def test_the_download_line_shows_no_secret(node):
-    from tests.unit.install.fakehost import release
+    from tests.fakes.kit import release
 
     node.release = release(url="https://agent:hunter2@mirror.example/d/x.run?sig=SASSECRET")
     text = format_plan(list(plan(node).values()))

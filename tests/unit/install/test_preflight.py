@@ -5,9 +5,10 @@ from structlog.testing import capture_logs
 
 from agent.errors import PreflightError
 from agent.install import preflight as pf
+from tests.fakes.kit import settings
 from tests.fakes.pci_config import config_space, host_record
-from tests.unit.install.fakehost import settings
-from tests.unit.install.hostfake import FakeRunner, Tree
+from tests.fakes.runner import FakeRunner
+from tests.fakes.tree import Tree
 
 KVER = "6.8.0-1020-azure"
 UBUNTU = 'NAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\nPRETTY_NAME="Ubuntu 24.04.1 LTS"\n'

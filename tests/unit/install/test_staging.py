@@ -7,9 +7,9 @@ import pytest
 
 from agent.errors import InstallError, UnsafeHostPath
 from agent.host.root import HostRoot
-from agent.host.runner import CommandResult
 from agent.install import installer as inst
 from agent.install import staging
+from tests.fakes.runner import FakeRunner
 
 REAL = b"#!/bin/sh\necho the verified installer\n"
 EVIL = b"#!/bin/sh\necho pwned > /pwned\n"
@@ -25,31 +25,29 @@ def root(tmp_path):
     return root
 
 
-class SwappingRunner:
-    """Swaps the cached bytes right after the hash check, then 'runs' what argv names.
+def swapping_runner(root):
+    """Swaps the cache entry's bytes the moment the host command starts, then records the
+    file the host would execute at that moment: the swapped payload would be what runs if
+    the agent executed the cache entry by path (issue 12)."""
+    runner = FakeRunner()
+    runner.ran = []
 
-    It reads the file the host would execute at that moment: the swapped payload would be
-    what runs if the agent executed the cache entry by path (issue 12).
-    """
+    def swap_then_read(argv):
+        root.path(RUN).write_bytes(EVIL)
+        runner.ran.append(root.path(argv[1]).read_bytes())
 
-    def __init__(self, root):
-        self.root, self.ran = root, []
-
-    def run(self, argv, **_):
-        self.root.path(RUN).write_bytes(EVIL)
-        self.ran.append(self.root.path(argv[1]).read_bytes())
-        return CommandResult(tuple(argv), 0, "open\n", "", 0.1)
+    return runner.on(stdout="open\n", effect=swap_then_read)
 
 
 def test_a_cache_entry_swapped_after_the_check_never_runs(root):
-    runner = SwappingRunner(root)
+    runner = swapping_runner(root)
     inst.run_installer(root, runner, RUN, "open", timeout=10)
     assert os.listdir(root.path("/var/cache/grid-agent")) == [SHA]  # the copy is gone
     assert runner.ran == [REAL]
 
 
 def test_the_recommendation_is_asked_of_a_private_copy_too(root):
-    runner = SwappingRunner(root)
+    runner = swapping_runner(root)
     assert inst.recommended_module_type(root, runner, RUN, timeout=5) == "open"
     assert runner.ran == [REAL]
 
@@ -66,7 +64,7 @@ def test_the_private_copy_is_root_only(root):
 
 def test_a_swapped_entry_is_caught_while_copying_and_nothing_runs(root):
     root.path(RUN).write_bytes(EVIL)  # swapped before the copy: the copy's hash catches it
-    runner = SwappingRunner(root)
+    runner = swapping_runner(root)
     with pytest.raises(InstallError, match="no longer hashes to") as err:
         inst.run_installer(root, runner, RUN, "open", timeout=10)
     assert err.value.exit_code == 6 and runner.ran == []
@@ -79,12 +77,12 @@ def test_a_linked_or_foreign_cache_entry_is_refused(root, tmp_path):
     root.path(RUN).unlink()
     root.path(RUN).symlink_to(evil)
     with pytest.raises(UnsafeHostPath, match=r"d\.run: it is a symbolic link"):
-        inst.run_installer(root, SwappingRunner(root), RUN, "open", timeout=10)
+        inst.run_installer(root, swapping_runner(root), RUN, "open", timeout=10)
     root.path(RUN).unlink()
     root.path(RUN).write_bytes(REAL)
     os.chown(root.path(RUN), 1000, 1000)
     with pytest.raises(UnsafeHostPath, match="owned by uid 1000"):
-        inst.run_installer(root, SwappingRunner(root), RUN, "open", timeout=10)
+        inst.run_installer(root, swapping_runner(root), RUN, "open", timeout=10)
 
 
 def test_stages_left_by_a_killed_run_are_swept(root):

@@ -1,42 +1,34 @@
 import pytest
 
 from agent.driver.record import read_record
-from agent.errors import HostCommandError, InstallError
+from agent.errors import InstallError
 from agent.host.root import HostRoot
-from agent.host.runner import CommandResult
 from agent.install import pipeline
 from agent.install import uninstall as un
-from tests.unit.install.fakehost import NOTHING_LOADED, RUN_PATH, FakeNode, settings
+from tests.fakes.kit import NOTHING_LOADED, RUN_PATH, FakeNode, settings
+from tests.fakes.runner import FakeRunner
+from tests.fakes.tree import Tree
 
 
-class Runner:
-    """Host commands by argv prefix: rc per command, everything recorded; with `root` and
-    `log_text`, writes the log its argv names first, as the uninstaller does (links followed).
-    """
-
-    def __init__(self, rcs=None, *, root=None, log_text=None, before=None):
-        self.rcs = rcs or {}
-        self.argvs = []
-        self.root, self.log_text, self.before = root, log_text, before
-
-    def run(self, argv, *, check=True, timeout=None, **_):
-        self.argvs.append(list(argv))
-        if self.before is not None:
-            self.before()
+def runner_with(rcs=None, *, root=None, log_text=None, before=None) -> FakeRunner:
+    """Host commands by argv prefix: rc per command (0 otherwise), everything recorded; with
+    `root` and `log_text`, writes the log its argv names first, as the uninstaller does
+    (links followed)."""
+    def effect(argv):
+        if before is not None:
+            before()
         logs = [a.split("=", 1)[1] for a in argv if a.startswith("--log-file-name=")]
-        if self.log_text is not None and logs:
-            self.root.path(logs[0]).write_text(self.log_text)
-        rc = next((v for k, v in self.rcs.items() if list(argv[:len(k)]) == list(k)), 0)
-        if check and rc:
-            raise HostCommandError(argv, rc, "", "")
-        return CommandResult(tuple(argv), rc, "", "", 0.0)
+        if log_text is not None and logs:
+            root.path(logs[0]).write_text(log_text)
+
+    runner = FakeRunner()
+    for prefix, rc in (rcs or {}).items():
+        runner.on(*prefix, rc=rc, effect=effect)
+    return runner.on(effect=effect)
 
 
 def put(root, path, text="x", mode=0o755):
-    p = root.path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
-    p.chmod(mode)
+    Tree(root.root).write(path, text, mode)
 
 
 @pytest.fixture
@@ -48,11 +40,11 @@ def node(tmp_path):
 
 
 def test_uninstall_with_cached_run_then_again_changes_nothing(node):
-    runner = Runner()
+    runner = runner_with()
     report = un.uninstall(settings(), node.root, runner, node.kit(), purge=False)
     assert report.changed == ["unpublish", "unload", "uninstaller", "record"]
     assert not node.state.loaded
-    (_sh, private, *args), = [a for a in runner.argvs if a[0] == "sh"]
+    (_sh, private, *args), = [a for a in runner.calls if a[0] == "sh"]
     # What ran is a verified private copy beside the cache entry, gone after the run.
     assert private.startswith("/var/cache/grid-agent/.exec-")
     assert private.endswith(RUN_PATH.rsplit("/", 1)[1])
@@ -63,7 +55,7 @@ def test_uninstall_with_cached_run_then_again_changes_nothing(node):
     assert "unload_stale" in node.names()
     assert node.root.path("/var/cache/grid-agent").iterdir()  # kept without --purge
     node.root.path("/usr/bin/nvidia-smi").unlink()  # what the uninstaller removes
-    again = un.uninstall(settings(), node.root, Runner(), node.kit(), purge=True)
+    again = un.uninstall(settings(), node.root, runner_with(), node.kit(), purge=True)
     assert again.changed == ["purge"]
     assert list(node.root.path("/var/cache/grid-agent").iterdir()) == []
     assert "already uninstalled" not in again.lines()[0]
@@ -71,9 +63,9 @@ def test_uninstall_with_cached_run_then_again_changes_nothing(node):
 
 def test_prefers_the_installed_uninstaller(node):
     put(node.root, un.UNINSTALLER)
-    runner = Runner(root=node.root, log_text="Uninstallation is complete\n")
+    runner = runner_with(root=node.root, log_text="Uninstallation is complete\n")
     un.uninstall(settings(), node.root, runner, node.kit(), purge=False)
-    (*argv, log_flag), = [a for a in runner.argvs if a[0] == un.UNINSTALLER]
+    (*argv, log_flag), = [a for a in runner.calls if a[0] == un.UNINSTALLER]
     assert argv == [un.UNINSTALLER, "--silent"]
     # Its log too goes to a fresh root-only directory first (gone after), then /var/log.
     assert log_flag.startswith("--log-file-name=/var/cache/grid-agent/.exec-")
@@ -89,17 +81,17 @@ def test_modules_in_use_stop_before_the_uninstaller(node):
         raise InstallError("reboot required: nvidia is in use (pid 42 (python3)); it cannot")
 
     kit = node.kit().__class__(**{**node.kit().__dict__, "unload_stale": busy})
-    runner = Runner()
+    runner = runner_with()
     with pytest.raises(InstallError, match=r"pid 42 \(python3\)\); the hand-off is withdrawn"):
         un.uninstall(settings(), node.root, runner, kit, purge=False)
     assert not node.marker
-    assert not any(a[0] == "sh" for a in runner.argvs)
+    assert not any(a[0] == "sh" for a in runner.calls)
     assert read_record(node.root) is not None
 
 
 def test_uninstaller_failure_is_exit_6_with_this_runs_error_lines(node):
     put(node.root, un.UNINSTALL_LOG, "ERROR: an earlier run's line\n", 0o644)
-    runner = Runner({("sh",): 1}, root=node.root,
+    runner = runner_with({("sh",): 1}, root=node.root,
                     log_text="ERROR: Failed to remove /usr/bin/nvidia-smi\n")
     with pytest.raises(InstallError, match="Failed to remove") as err:
         un.uninstall(settings(), node.root, runner, node.kit(), purge=False)
@@ -123,7 +115,7 @@ def test_a_link_planted_at_the_uninstall_log_is_never_written_through(node, tmp_
         log.unlink(missing_ok=True)
         log.symlink_to(victim)
 
-    runner = Runner({("sh",): 1, (un.UNINSTALLER,): 1}, root=node.root, before=plant,
+    runner = runner_with({("sh",): 1, (un.UNINSTALLER,): 1}, root=node.root, before=plant,
                     log_text="ERROR: Failed to remove /usr/bin/nvidia-smi\n")
     with pytest.raises(InstallError, match="Failed to remove"):
         un.uninstall(settings(), node.root, runner, node.kit(), purge=False)
@@ -134,25 +126,25 @@ def test_a_link_planted_at_the_uninstall_log_is_never_written_through(node, tmp_
 
 def test_systemd_units_are_disabled_and_stopped(node):
     node.root.path("/run/systemd/system").mkdir(parents=True)
-    runner = Runner({("systemctl", "is-enabled", "--quiet", "nvidia-gridd.service"): 1,
+    runner = runner_with({("systemctl", "is-enabled", "--quiet", "nvidia-gridd.service"): 1,
                      ("systemctl", "is-active", "--quiet", "nvidia-gridd.service"): 1})
     assert un.stop_daemons(node.root, runner) is True
-    assert ["systemctl", "disable", "--now", "nvidia-persistenced.service"] in runner.argvs
-    assert ["systemctl", "disable", "--now", "nvidia-gridd.service"] not in runner.argvs
+    assert ["systemctl", "disable", "--now", "nvidia-persistenced.service"] in runner.calls
+    assert ["systemctl", "disable", "--now", "nvidia-gridd.service"] not in runner.calls
 
 
 def test_without_systemd_the_daemon_processes_are_killed(node):
     put(node.root, "/proc/321/comm", "nvidia-gridd\n", 0o644)
     put(node.root, "/proc/322/comm", "nvidia-persiste\n", 0o644)  # truncated to 15 chars
     put(node.root, "/proc/400/comm", "bash\n", 0o644)
-    runner = Runner()
+    runner = runner_with()
     assert un.stop_daemons(node.root, runner, wait=0) is True
-    assert runner.argvs == [["kill", "322"], ["kill", "321"]]  # persistenced, then gridd
-    assert un.stop_daemons(HostRoot(node.root.path("/nonexistent")), Runner()) is False
+    assert runner.calls == [["kill", "322"], ["kill", "321"]]  # persistenced, then gridd
+    assert un.stop_daemons(HostRoot(node.root.path("/nonexistent")), runner_with()) is False
 
 
 def test_nothing_installed_runs_no_uninstaller(tmp_path):
     n = FakeNode(HostRoot(tmp_path), state=NOTHING_LOADED)
-    runner = Runner()
+    runner = runner_with()
     report = un.uninstall(settings(), n.root, runner, n.kit(), purge=False)
-    assert report.changed == [] and runner.argvs == []
+    assert report.changed == [] and runner.calls == []

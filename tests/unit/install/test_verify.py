@@ -2,11 +2,11 @@ import pytest
 
 from agent.driver.checks import Expect
 from agent.driver.snapshot import take_snapshot
-from agent.errors import HostCommandError, VerifyError
+from agent.errors import VerifyError
 from agent.host.paths import SMI as SMI_PATH
 from agent.host.root import HostRoot
-from agent.host.runner import CommandResult
 from agent.install.verify import verify_snapshot
+from tests.fakes.runner import smi_runner
 
 XML = """<?xml version="1.0" ?>
 <nvidia_smi_log>
@@ -31,18 +31,10 @@ PROPRIETARY = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  {v}  Wed Oct 29 2
 OPEN = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  {v}  Release Build  (dvs)\n"
 
 
-class SmiRunner:
-    """Plays the host's nvidia-smi: the table (exit code per test) and the XML."""
-
-    def __init__(self, *, rc=0, version="580.105.08"):
-        self.rc, self.version, self.argvs = rc, version, []
-
-    def run(self, argv, *, check=True, **_):
-        self.argvs.append(list(argv))
-        out = XML.format(version=self.version) if "-x" in argv else "| NVIDIA-SMI 580.105.08 |\n"
-        if check and self.rc:
-            raise HostCommandError(argv, self.rc, out, "")
-        return CommandResult(tuple(argv), self.rc, out, "", 0.01)
+def smi_host(*, rc=0, version="580.105.08"):
+    """The host's nvidia-smi: the table (exit code per test) and the XML."""
+    return smi_runner(plain_code=rc, plain_out="| NVIDIA-SMI 580.105.08 |\n",
+                      xml_out=XML.format(version=version))
 
 
 @pytest.fixture
@@ -74,17 +66,17 @@ def verify(root, runner, module_type="proprietary", targets=("0000:00:02.0",)):
 
 
 def test_healthy_driver_verifies(root):
-    runner = SmiRunner()
+    runner = smi_host()
     result = verify(root, runner)
     assert result.report.driver_version == "580.105.08"
     assert len(result.report.gpus) == 1
     assert "580.105.08 (proprietary modules), 1 GPU(s)" in result.summary()
-    assert next(a for a in runner.argvs if a[0] == "nvidia-smi") == ["nvidia-smi"]
+    assert next(a for a in runner.calls if a[0] == "nvidia-smi") == ["nvidia-smi"]
 
 
 def test_smi_exit_14_fails_like_the_validator(root):
     with pytest.raises(VerifyError, match="nvidia-smi exited 14") as err:
-        verify(root, SmiRunner(rc=14))
+        verify(root, smi_host(rc=14))
     assert err.value.exit_code == 7
 
 
@@ -98,39 +90,39 @@ def test_smi_binary_must_be_a_non_empty_executable(root, problem):
     else:
         smi.chmod(0o644)
     with pytest.raises(VerifyError, match="/usr/bin/nvidia-smi"):
-        verify(root, SmiRunner())
+        verify(root, smi_host())
 
 
 def test_wrong_loaded_version(root):
     load(root, version="570.86.16")
     with pytest.raises(VerifyError, match=r"loaded nvidia module is 570\.86\.16"):
-        verify(root, SmiRunner())
+        verify(root, smi_host())
 
 
 def test_wrong_module_type(root):
     load(root, flavour=OPEN)
     with pytest.raises(VerifyError, match="open module is loaded but proprietary was installed"):
-        verify(root, SmiRunner())
-    assert verify(root, SmiRunner(), module_type="open").module_type == "open"
+        verify(root, smi_host())
+    assert verify(root, smi_host(), module_type="open").module_type == "open"
 
 
 def test_not_loaded(tmp_path):
     with pytest.raises(VerifyError, match="not loaded"):
-        verify(HostRoot(tmp_path), SmiRunner())
+        verify(HostRoot(tmp_path), smi_host())
 
 
 def test_smi_reporting_another_version(root):
     with pytest.raises(VerifyError, match=r"reports driver 580\.1,"):
-        verify(root, SmiRunner(version="580.1"))
+        verify(root, smi_host(version="580.1"))
 
 
 def test_a_target_gpu_nvidia_smi_does_not_list_fails(root):
     with pytest.raises(VerifyError, match=r"target GPU\(s\) 0000:00:03.0 not listed"):
-        verify(root, SmiRunner(), targets=("0000:00:03.0",))
+        verify(root, smi_host(), targets=("0000:00:03.0",))
 
 
 def test_the_first_failure_is_raised_in_check_order(tmp_path):
     # Not loaded and no nvidia-smi at all: the module is named first, as watch orders it.
     with pytest.raises(VerifyError) as err:
-        verify(HostRoot(tmp_path), SmiRunner(rc=127))
+        verify(HostRoot(tmp_path), smi_host(rc=127))
     assert err.value.message == "the nvidia kernel module is not loaded"

@@ -17,11 +17,9 @@ from agent.handoff import Handoff
 from agent.host.root import HostRoot
 from agent.install import installer as inst
 from agent.install.kit import Kit
-from agent.pci import PciDevice
-from agent.settings import build_settings
+from tests.fakes.pci import H100, TARGET
+from tests.fakes.settings import settings
 
-TARGET = PciDevice("0000:00:02.0", 0x10DE, 0x2BB5, 0x1414, 0x2187, 0x030200, None)
-H100 = PciDevice("0000:00:03.0", 0x10DE, 0x2330, 0x10DE, 0x16C1, 0x030200, None)
 VERSION = "580.105.08-grid-azure"
 # The fake cached installer's bytes and their digest: the uninstaller runs a verified copy.
 RUN_BYTES = b"#!/bin/sh\n"
@@ -48,12 +46,6 @@ def loaded(version: str, module_type: str | None, refcnt: int = 0,
     """The real ModuleState of a node with this nvidia module live."""
     return ModuleState(Module("nvidia", LIVE, refcnt, holders, version),
                        Module("nouveau", LIVE if nouveau else ABSENT), version, module_type)
-
-
-def settings(**env):
-    base = {"GRID_AGENT_HOST_ROOT": "/nonexistent"}
-    base.update({f"GRID_AGENT_{k.upper()}": v for k, v in env.items()})
-    return build_settings({}, base)
 
 
 @dataclass

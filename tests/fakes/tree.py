@@ -1,57 +1,12 @@
-"""A scripted host for the host-preparation steps: a HostRoot tree as data and a fake runner."""
+"""The one host-tree builder: files of a fake host under tmp_path, written as data."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import shutil
 from pathlib import Path
 
-from agent.errors import HostCommandError
 from agent.host.root import HostRoot
-from agent.host.runner import CommandResult
-
-
-@dataclass
-class Rule:
-    prefix: tuple[str, ...]
-    rc: int = 0
-    stdout: str = ""
-    stderr: str = ""
-    effect: Callable[[list[str]], None] | None = None
-    times: int | None = None  # None: forever
-
-
-@dataclass
-class FakeRunner:
-    """Answers argv by the first matching prefix rule; an unscripted command fails the test."""
-
-    rules: list[Rule] = field(default_factory=list)
-    calls: list[list[str]] = field(default_factory=list)
-    envs: list[dict | None] = field(default_factory=list)
-
-    def on(self, *prefix: str, rc=0, stdout="", stderr="", effect=None, times=None):
-        self.rules.append(Rule(tuple(prefix), rc, stdout, stderr, effect, times))
-        return self
-
-    def run(self, argv, *, timeout=None, check=True, env=None):
-        argv = list(argv)
-        self.calls.append(argv)
-        self.envs.append(env)
-        rule = next((r for r in self.rules if tuple(argv[: len(r.prefix)]) == r.prefix
-                     and r.times != 0), None)
-        if rule is None:
-            raise AssertionError(f"unscripted host command {argv}")
-        if rule.times is not None:
-            rule.times -= 1
-        if rule.effect is not None:
-            rule.effect(argv)
-        if check and rule.rc:
-            raise HostCommandError(argv, rule.rc, rule.stdout, rule.stderr)
-        return CommandResult(tuple(argv), rule.rc, rule.stdout, rule.stderr, 0.01)
-
-    def commands(self) -> list[str]:
-        return [" ".join(c) for c in self.calls]
 
 
 class Tree:
@@ -94,8 +49,6 @@ class Tree:
             self.write(f"/sys/module/{name}/version", f"{version}\n")
 
     def unload(self, name: str) -> None:
-        import shutil
-
         shutil.rmtree(self.root.path(f"/sys/module/{name}"))
         for holders in self.root.path("/sys/module").glob("*/holders"):
             target = holders / name

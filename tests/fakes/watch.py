@@ -1,9 +1,8 @@
-"""A fake node for health unit tests: host files under tmp_path and a runner that plays the host."""
+"""The watch side's fake node: a host tree under tmp_path and the FakeRunner that plays it."""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -13,57 +12,48 @@ from agent.health.checks import HealthConfig
 from agent.health.monitor import Healer, Health
 from agent.host.lock import host_lock
 from agent.host.root import HostRoot
-from agent.host.runner import CommandResult
-from agent.pci import PciDevice, PciId, TargetSpec
 from tests.fakes.clock import FakeClock
-from tests.unit.driver.smifake import fixture
+from tests.fakes.pci import SPEC, TARGET
+from tests.fakes.runner import RBIND, FakeRunner, mounting_runner
+from tests.fakes.smi import fixture
+from tests.fakes.tree import Tree
 
-TARGET = PciDevice("0000:00:02.0", 0x10DE, 0x2BB5, 0x1414, 0x2187, 0x030200, "nvidia")
-H100 = PciDevice("0000:00:03.0", 0x10DE, 0x2330, 0x10DE, 0x16C1, 0x030200, None)
-SPEC = TargetSpec(ids=(PciId(0x10DE, 0x2BB5),), subsystems=())
 BASE = ("22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
         "25 22 0:23 / /run rw,nosuid shared:5 - tmpfs tmpfs rw\n")
-RBIND = "31 25 8:1 / /run/nvidia/driver rw shared:1 - ext4 /dev/sda1 rw\n"
 NVRM = ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.105.08  "
         "Wed Oct 29 23:15:00 UTC 2025\n")
 
 
-@dataclass
-class FakeHost:
-    """Plays nvidia-smi, systemctl is-active and mount --rbind; records every argv."""
+class FakeHost(FakeRunner):
+    """The host watch talks to, as FakeRunner rules over attributes a test may change between
+    cycles: nvidia-smi (table and -q -x), systemctl is-active, mount --rbind."""
 
-    root: Path
-    smi_code: int = 0
-    smi_out: str = field(default_factory=lambda: fixture("smi-table.txt"))
-    xml: str = field(default_factory=lambda: fixture("healthy-v13.xml"))
-    units: dict = field(default_factory=lambda: {"nvidia-gridd": "active",
-                                                  "nvidia-persistenced": "active"})
-    hang: threading.Event | None = None  # set: nvidia-smi blocks until it is cleared
-    argvs: list = field(default_factory=list)
+    def __init__(self, root: Path, *, smi_code: int = 0, smi_out: str | None = None,
+                 xml: str | None = None, units: dict[str, str] | None = None,
+                 hang: threading.Event | None = None) -> None:
+        super().__init__()
+        self.root, self.smi_code, self.hang = root, smi_code, hang
+        self.smi_out = fixture("smi-table.txt") if smi_out is None else smi_out
+        self.xml = fixture("healthy-v13.xml") if xml is None else xml
+        self.units = {"nvidia-gridd": "active", "nvidia-persistenced": "active"} \
+            if units is None else units
+        self.on("nvidia-smi", "-q", "-x", reply=lambda argv: self._smi(0, self.xml))
+        self.on("nvidia-smi", reply=lambda argv: self._smi(self.smi_code, self.smi_out))
+        self.on("systemctl", "is-active", reply=self._unit)
+        mounting_runner(root / "proc/1/mountinfo", self)
 
-    def run(self, argv, *, timeout=None, check=True, env=None):
-        argv = list(argv)
-        self.argvs.append(argv)
-        if argv[0] == "nvidia-smi":
-            if self.hang is not None:
-                self.hang.wait()
-            code, out = (0, self.xml) if "-x" in argv else (self.smi_code, self.smi_out)
-            return CommandResult(tuple(argv), code, out, "", 0.0)
-        if argv[:2] == ["systemctl", "is-active"]:
-            state = self.units.get(argv[2], "inactive")
-            return CommandResult(tuple(argv), 0 if state == "active" else 3, state + "\n", "", 0.0)
-        if argv[:2] == ["mount", "--rbind"]:
-            info = self.root / "proc/1/mountinfo"
-            info.write_text(info.read_text() + RBIND)
-            return CommandResult(tuple(argv), 0, "", "", 0.0)
-        raise AssertionError(f"unexpected host command {argv}")
+    def _smi(self, code: int, out: str) -> tuple[int, str]:
+        if self.hang is not None:  # set: nvidia-smi blocks until the test releases it
+            self.hang.wait()
+        return code, out
+
+    def _unit(self, argv: list[str]) -> tuple[int, str]:
+        state = self.units.get(argv[2], "inactive")
+        return (0 if state == "active" else 3), state + "\n"
 
 
 def put(root: Path, host_path: str, text: str = "") -> Path:
-    path = root / host_path.lstrip("/")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    return Tree(root).write(host_path, text)
 
 
 def healthy_node(root: Path, *, published: bool = True) -> None:
