@@ -64,9 +64,9 @@ def test_the_readme_defaults_are_the_options_defaults():
 
 def agent_exit_codes() -> set[int]:
     """Every exit code the agent can end with: 0, each AgentError class's, the signals'."""
-    table = getattr(errors, "EXIT_CODES", None)  # one table, if errors.py grows one
+    table = getattr(errors, "EXIT_CODES", None)  # the one table: ((codes...), meaning) rows
     if table is not None:
-        return set(table)
+        return {code for codes, _ in table for code in codes}
     codes = {0}
     for _, cls in inspect.getmembers(errors, inspect.isclass):
         if issubclass(cls, errors.AgentError) and isinstance(cls.exit_code, int):
@@ -84,6 +84,15 @@ def readme_codes(title: str) -> set[int]:
 
 def test_the_exit_code_table_is_the_agents():
     assert readme_codes("## Exit codes") == agent_exit_codes()
+
+
+def test_each_exit_code_row_says_what_the_table_in_errors_py_says():
+    readme: dict[str, str] = {}
+    for row in table_rows(section("## Exit codes")):  # the first table; troubleshooting follows
+        if re.fullmatch(r"\d+(, \d+)*", row[0]):
+            readme.setdefault(row[0], row[1])
+    agent = {", ".join(str(c) for c in codes): meaning for codes, meaning in errors.EXIT_CODES}
+    assert readme == agent
 
 
 def test_troubleshooting_covers_every_failure_code_below_128():
