@@ -13,7 +13,7 @@ from agent.host.runner import HostRunner
 from agent.install.pin import resolve_pin
 from agent.install.pipeline import install
 from agent.install.prebuild import Prebuilder, watch_loop
-from tests.unit.install.fakehost import RUN_SHA256, FakeNode, settings
+from tests.fakes.kit import RUN_SHA256, FakeNode, settings
 
 NEXT = "6.8.0-1021-azure"
 MODVER = "580.105.08"
