@@ -159,21 +159,13 @@ def test_a_dkms_tree_of_our_own_earlier_install_is_not_foreign(cuda_host):
     assert f"/lib/modules/{KERNEL}/updates/dkms/nvidia-uvm.ko" not in found.dkms_modules
 
 
-class AptRunner(Runner):
-    """apt-get -s answering with the packages a purge would take."""
-
-    def __init__(self, simulated):
-        super().__init__()
-        self.simulated = simulated
-
-    def run(self, argv, *, timeout=None, check=True, env=None):
-        self.argvs.append(list(argv))
-        out = self.simulated if "-s" in argv else ""
-        return CommandResult(tuple(argv), 0, out, "", 0.01)
+def apt_runner(simulated):
+    """apt-get -s answering with the packages a purge would take; the rest succeeds."""
+    return FakeRunner().on("apt-get", "-q", "-s", stdout=simulated).on()
 
 
 def test_purge_runs_when_apt_would_take_only_those_packages():
-    runner = AptRunner("NOTE: This is only a simulation!\nPurg nvidia-driver-535 [535.183.01-0]\n"
+    runner = apt_runner("NOTE: This is only a simulation!\nPurg nvidia-driver-535 [535.183.01-0]\n"
                        "Purg libnvidia-compute-535 [535.183.01-0]\n")
     foreign.purge_with_apt(runner, ["nvidia-driver-535", "libnvidia-compute-535"], lock_wait=30)
     assert runner.calls[0][:4] == ["apt-get", "-q", "-s", "purge"]
@@ -181,7 +173,7 @@ def test_purge_runs_when_apt_would_take_only_those_packages():
 
 
 def test_purge_that_would_take_a_cuda_toolkit_is_refused_naming_it():
-    runner = AptRunner("Purg nvidia-driver-535 [535.183.01-0]\nRemv cuda-runtime-12-2 [12.2.2-1]\n"
+    runner = apt_runner("Purg nvidia-driver-535 [535.183.01-0]\nRemv cuda-runtime-12-2 [12.2.2-1]\n"
                        "Remv cuda-12-2 [12.2.2-1]\n")
     with pytest.raises(InstallError) as err:
         foreign.purge_with_apt(runner, ["nvidia-driver-535"], lock_wait=30)
