@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -137,7 +138,7 @@ def uninstall(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, 
               purge: bool) -> UninstallReport:
     """Each step is idempotent: a second uninstall changes nothing."""
     report = UninstallReport()
-    steps = [
+    steps: list[tuple[str, Callable[[], bool]]] = [
         ("unpublish", lambda: kit.unpublish(root, runner)),
         ("stop_daemons", lambda: stop_daemons(root, runner)),
         ("unload", lambda: _unload(root, runner, kit)),
