@@ -44,6 +44,16 @@ def test_the_run_is_a_makeself_archive_named_like_nvidias(fake_run):
     assert "./nvidia-installer" in listing and "./kernel-open/nvidia.c" in listing
 
 
+def test_the_blackwell_node_refuses_the_proprietary_module_like_the_real_gpu(simnode, fake_run):
+    # No scenario: the real installer takes -M proprietary without a word (kernel.c), then
+    # its test load fails because the GPU needs the open modules (the NVRM line).
+    result = install(simnode, fake_run, "-M", "proprietary")
+    assert result.returncode == 1
+    assert "Unable to load the kernel module 'nvidia.ko'" in errors(simnode)[-1]
+    assert not any("open kernel modules" in line for line in errors(simnode))
+    assert "requires use of the NVIDIA open kernel modules" in simnode.exec(["dmesg"]).stdout
+
+
 def test_installer_flags_pass_through_the_makeself_header(fake_run, tmp_path):
     out = subprocess.run(["sh", str(fake_run), "--print-recommended-kernel-module-type"],
                          capture_output=True, text=True, cwd=tmp_path)
@@ -69,6 +79,7 @@ def test_the_kernel_modules_are_real_kbuild_output(fake_run, tmp_path, simnode):
 
 
 def test_install_through_nsenter_puts_a_real_ko_under_lib_modules(simnode, fake_run):
+    simnode.set_scenarios("proprietary-gpu")  # so the installer's test load passes
     result = install(simnode, fake_run, "-M", "proprietary")
     assert result.returncode == 0, result.stderr
     ko = simnode.path(f"/lib/modules/{simnode.kernel_release}/kernel/drivers/video/nvidia.ko")
@@ -129,7 +140,7 @@ def test_a_loaded_driver_blocks_the_installer_like_the_real_one(simnode, fake_ru
 
 
 def test_uninstall_removes_what_the_install_put(simnode, fake_run):
-    assert install(simnode, fake_run, "-M", "proprietary").returncode == 0
+    assert install(simnode, fake_run, "-M", "open").returncode == 0
     out = simnode.exec(["nvidia-uninstall", "--silent"], check=False)
     assert out.returncode == 0, out.stderr
     assert not simnode.path("/usr/bin/nvidia-smi").exists()

@@ -46,6 +46,7 @@ def test_nvidias_real_kernel_sources_build_with_the_real_kbuild(simnode, tmp_pat
     target = simnode.path(RUN)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(run, target)
+    simnode.set_scenarios("proprietary-gpu")  # 535 drives no Blackwell: another GPU's node
     started = time.monotonic()
     out = simnode.exec(["sh", RUN, "--silent", "--no-drm", "-M", "proprietary"],
                        check=False, timeout=3600)

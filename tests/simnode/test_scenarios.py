@@ -19,7 +19,7 @@ RUN = "/var/cache/grid-agent/NVIDIA-Linux-x86_64-580.105.08-grid-azure.run"
 LOG = "/var/log/nvidia-installer.log"
 
 
-def install(node, fake_run, module_type="proprietary", check=True):
+def install(node, fake_run, module_type="open", check=True):
     target = node.path(RUN)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(fake_run, target)
@@ -49,7 +49,8 @@ def test_every_contract_scenario_is_known():
                 "no-gridd-unit"}
     assert contract <= set(SCENARIOS)
     assert set(SCENARIOS) - contract == {"requires-open-loads", "recommend-unavailable",
-                                         "host-gcc-11", "foreign-cuda-driver", "installer-slow"}
+                                         "host-gcc-11", "foreign-cuda-driver", "installer-slow",
+                                         "proprietary-gpu"}
 
 
 def test_healthy_reports_a_licensed_vgpu_with_mig(driven):

@@ -14,13 +14,14 @@ REQUIRES_OPEN = (
 
 
 def requires_open(mtype: str | None) -> bool:
-    """The GPU refuses the proprietary module: the load fails, or (requires-open-loads, the
-    other shape in docs/design/gpu-operator-contract.md) it loads and nvidia-smi finds no
-    devices."""
-    if mtype != "proprietary" or not (s.has("requires-open") or s.has("requires-open-loads")):
+    """10de:2bb5 (Blackwell) refuses the proprietary module, as the real GPU does: the load
+    fails (scenario requires-open names it; it is the default), or (requires-open-loads,
+    the other shape in docs/design/gpu-operator-contract.md) it loads and nvidia-smi finds
+    no devices. Scenario proprietary-gpu stands for a GPU the proprietary module drives."""
+    if mtype != "proprietary" or s.has("proprietary-gpu"):
         return False
     s.kmsg(*(line.format(slot=s.GPU_SLOT) for line in REQUIRES_OPEN))
-    if s.has("requires-open"):
+    if not s.has("requires-open-loads"):
         s.die("modprobe: ERROR: could not insert 'nvidia': No such device")
     return True
 
