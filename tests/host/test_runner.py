@@ -1,5 +1,6 @@
 """HostRunner with real processes: directly, and through a real nsenter into our own namespaces."""
 
+import contextlib
 import os
 import signal
 import threading
@@ -7,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
+from structlog.testing import LogCapture
 
 from agent.errors import HostCommandError, HostCommandMissing, HostCommandTimeout, Terminated
 from agent.host.runner import HostRunner
@@ -127,44 +130,103 @@ def _group_gone(pgid, within=2.0):
     return not _live_members(pgid)
 
 
-def _signal_self_soon(signum, delay=0.5):
-    timer = threading.Timer(delay, os.kill, (os.getpid(), signum))
-    timer.start()
-    return timer
+def _signal_self_when(signum, ready, give_up=60.0):
+    """Signal this process once `ready()` holds: on an event (the command started and set
+    its traps, the runner began its grace), never after a guessed delay that a loaded
+    machine can outrun (a signal before the trap, or after the handlers are restored,
+    would kill the test run itself). Returns a list that gets the monotonic time it was
+    sent."""
+    sent = []
+
+    def wait_then_signal():
+        deadline = time.monotonic() + give_up
+        while not ready():
+            if time.monotonic() > deadline:
+                return  # never sent: the test fails on its own assertions
+            time.sleep(0.01)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signum)
+
+    threading.Thread(target=wait_then_signal, daemon=True).start()
+    return sent
+
+
+def _written(path):
+    return lambda: path.exists() and path.read_text().strip() != ""
+
+
+class _Watch(LogCapture):
+    """Captures the agent's log entries; `on[name]()` runs when one is logged, right there
+    (in the thread that logs it)."""
+
+    def __init__(self, on):
+        super().__init__()
+        self.on = on
+
+    def __call__(self, logger, method_name, event_dict):
+        action = self.on.pop(event_dict.get("event"), None)
+        if action is not None:
+            action()
+        return super().__call__(logger, method_name, event_dict)
+
+
+@contextlib.contextmanager
+def _watching(**on):
+    """Like structlog.testing.capture_logs, with an action on a log event."""
+    watch = _Watch(on)
+    processors = structlog.get_config()["processors"]
+    old = processors.copy()
+    processors.clear()
+    processors.append(watch)
+    structlog.configure(processors=processors)
+    try:
+        yield watch
+    finally:
+        processors.clear()
+        processors.extend(old)
+        structlog.configure(processors=processors)
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_a_signal_stops_the_commands_whole_process_group(tmp_path, signame):
     pidfile = tmp_path / "pid"
     runner = HostRunner(pid=None, stop_grace=5)
-    _signal_self_soon(getattr(signal, signame))
-    began = time.monotonic()
+    sent = _signal_self_when(getattr(signal, signame), _written(pidfile))
     with pytest.raises(Terminated) as err, terminate_on_signals():
         runner.run(["sh", "-c", f"echo $$ > {pidfile}; sleep 60 & sleep 60 & wait"],
                    timeout=60)
     assert err.value.exit_code == 128 + getattr(signal, signame)
-    assert time.monotonic() - began < 5
+    assert time.monotonic() - sent[0] < 5  # at once, not after the 60 s of the command
     assert _group_gone(int(pidfile.read_text()))  # the shell and both sleeps
 
 
 def test_a_group_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
     pidfile = tmp_path / "pid"
     runner = HostRunner(pid=None, stop_grace=1.0)
-    _signal_self_soon(signal.SIGTERM, 0.3)
-    began = time.monotonic()
+    # The pid is written after the trap: the signal never reaches a shell still starting.
+    sent = _signal_self_when(signal.SIGTERM, _written(pidfile))
     with pytest.raises(Terminated), terminate_on_signals():
         runner.run(["sh", "-c", f"trap '' TERM; echo $$ > {pidfile}; sleep 60 & wait"],
                    timeout=60)
-    assert 1.0 <= time.monotonic() - began < 5
+    assert 1.0 <= time.monotonic() - sent[0] < 5
     assert _group_gone(int(pidfile.read_text()))
 
 
 def test_a_second_signal_during_the_cleanup_is_ignored(tmp_path):
+    pidfile = tmp_path / "pid"
     runner = HostRunner(pid=None, stop_grace=1.5)
-    _signal_self_soon(signal.SIGTERM, 0.3)
-    _signal_self_soon(signal.SIGTERM, 0.8)  # lands while the runner waits out the grace
-    with pytest.raises(Terminated), terminate_on_signals():
-        runner.run(["sh", "-c", "trap '' TERM; sleep 60 & wait"], timeout=60)
+    # The second lands while the runner waits out the grace of a group that ignores
+    # SIGTERM: sent by the runner's own thread as it logs that it stops the group.
+    with _watching(host_command_stopping=lambda: os.kill(os.getpid(), signal.SIGTERM)) as watch:
+        first = _signal_self_when(signal.SIGTERM, _written(pidfile))
+        with pytest.raises(Terminated), terminate_on_signals():
+            runner.run(["sh", "-c", f"trap '' TERM; echo $$ > {pidfile}; sleep 60 & wait"],
+                       timeout=60)
+    assert first and not watch.on  # both signals were sent
+    events = [e["event"] for e in watch.entries]
+    assert events.count("signal_received") == 1
+    assert events.count("signal_ignored_during_cleanup") == 1
+    assert events.index("signal_ignored_during_cleanup") < events.index("host_command_killed")
     # Handlers restored: the test process itself is not killed by what follows.
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(
         signal.getsignal(signal.SIGTERM))

@@ -138,11 +138,24 @@ def test_a_crashing_check_is_a_verdict_not_a_dead_loop(tmp_path):
 def test_stop_mid_cycle_returns_within_a_second(tmp_path):
     healthy_node(tmp_path)
     hang = threading.Event()
-    m = monitor(tmp_path, FakeHost(tmp_path, hang=hang), timeout=30)
-    threading.Timer(0.2, m.stop.set).start()
-    began = time.monotonic()
+    host = FakeHost(tmp_path, hang=hang)
+    m = monitor(tmp_path, host, timeout=30)
+    stopped = []
+
+    def stop_mid_cycle():  # once the cycle hangs in nvidia-smi: on the event, not a delay
+        try:
+            deadline = time.monotonic() + 30
+            while not any(argv[0] == "nvidia-smi" for argv in list(host.calls)):
+                if time.monotonic() > deadline:
+                    return  # never reached: stopped stays empty, the test fails
+                time.sleep(0.01)
+            stopped.append(time.monotonic())
+        finally:
+            m.stop.set()  # whatever happened here, the loop ends
+
+    threading.Thread(target=stop_mid_cycle, daemon=True).start()
     m.run()
-    assert time.monotonic() - began < 1.0
+    assert stopped and time.monotonic() - stopped[0] < 1.0
     hang.set()
 
 

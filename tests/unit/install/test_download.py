@@ -390,9 +390,21 @@ def test_sigterm_mid_download_stops_it_and_leaves_no_partial_file(http_server, f
     from agent.signals import terminate_on_signals
 
     release = served(http_server, Reply.drip(1024, 0.05))  # about a minute of body
-    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
-    began = time.monotonic()
+    sent = []
+
+    def signal_once_the_body_flows():
+        # On the event (body bytes sent), not after a guessed delay: a SIGTERM before the
+        # handler is set would kill the test run itself.
+        deadline = time.monotonic() + 60
+        while http_server.bytes_sent == 0:
+            if time.monotonic() > deadline:
+                return  # never sent: pytest.raises below fails
+            time.sleep(0.01)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=signal_once_the_body_flows, daemon=True).start()
     with pytest.raises(Terminated), terminate_on_signals():
         fetch(release, min_rate=0)
-    assert time.monotonic() - began < 5
+    assert time.monotonic() - sent[0] < 5  # at once, not after the body's minute
     assert cache_files(root) == []
