@@ -39,6 +39,7 @@ class Watch:
     proc: subprocess.Popen
     events: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    reader: threading.Thread | None = None
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -74,7 +75,10 @@ class Watch:
     def stop(self, timeout: float = 5) -> int:
         if self.proc.poll() is None:
             self.proc.terminate()
-        return self.proc.wait(timeout=timeout)
+        code = self.proc.wait(timeout=timeout)
+        if self.reader is not None:  # its last lines read: `events` is the whole log
+            self.reader.join(timeout=timeout)
+        return code
 
 
 def start_watch(node, env: dict[str, str], tmp: Path, **extra: str) -> Watch:
@@ -85,7 +89,8 @@ def start_watch(node, env: dict[str, str], tmp: Path, **extra: str) -> Watch:
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     watch = Watch(proc)
-    threading.Thread(target=watch._read, daemon=True).start()
+    watch.reader = threading.Thread(target=watch._read, daemon=True)
+    watch.reader.start()
     return watch
 
 

@@ -3,6 +3,7 @@
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -81,9 +82,13 @@ def test_watch_ready_unready_reboot_heal_and_sigterm(simnode, catalog, tmp_path)
         assert host_text(simnode, MARKER) == MARKER_CONTENT and driver_root_mounted(simnode)
         assert get(watch.url("/readyz"))[0] == 200
 
-        began = time.monotonic()
         assert watch.stop() == 0
-        assert time.monotonic() - began < 1.5  # within a second, plus umockdev-run's exit
+        # Within a second of the signal, by the agent's own log (the process teardown of
+        # umockdev-run and python on a loaded machine is not what is measured).
+        signalled = watch.named("watch_signal")[0]["timestamp"]
+        stopped = watch.named("watch_stopped")[0]["timestamp"]
+        assert (datetime.fromisoformat(stopped) - datetime.fromisoformat(signalled)
+                ).total_seconds() < 1.0
     finally:
         watch.stop()
     assert host_text(simnode, MARKER) == MARKER_CONTENT and driver_root_mounted(simnode)
