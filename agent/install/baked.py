@@ -57,7 +57,7 @@ def adopt(release: Release, root: HostRoot, directory: Path) -> Path | None:
     except OSError as exc:
         raise DownloadError(f"cannot write the installer cache {target_dir}: {exc}") from None
     digest = hashlib.sha256()
-    try:
+    with cache.part_removed_on_failure(part, target_dir, "cannot copy the image's installer into"):
         with handle, src.open("rb") as source:
             while block := source.read(CHUNK):
                 handle.write(block)
@@ -71,12 +71,5 @@ def adopt(release: Release, root: HostRoot, directory: Path) -> Path | None:
                         got=got)
             return None
         final = cache.land(part, root, got, release.filename)
-    except OSError as exc:
-        part.unlink(missing_ok=True)
-        raise cache.no_space_error(exc, target_dir) or DownloadError(
-            f"cannot copy the image's installer into {target_dir}: {exc}") from None
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
     log.info("installer_from_image", path=str(final), source=str(src), sha256=got, changed=True)
     return final

@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -106,6 +107,20 @@ def open_part(directory: Path, filename: str) -> tuple[BinaryIO, Path]:
     """A fresh temp file in the (checked) cache directory: the final rename stays on one FS."""
     fd, name = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".part")
     return os.fdopen(fd, "w+b"), Path(name)
+
+
+@contextlib.contextmanager
+def part_removed_on_failure(part: Path, directory: Path, what: str) -> Iterator[None]:
+    """Any failure removes the temp file; an OSError becomes exit 5 naming the directory."""
+    try:
+        yield
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise no_space_error(exc, directory) or DownloadError(
+            f"{what} {directory}: {exc}") from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 def land(part: Path, root: HostRoot, sha256: str, filename: str) -> Path:

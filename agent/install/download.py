@@ -353,7 +353,7 @@ def _transfer(session: requests.Session, release: Release, root: HostRoot,
               opts: DownloadOptions, retrying: tenacity.Retrying, meter: Meter) -> Path:
     directory = cache.cache_dir(root)
     handle, path = cache.open_part(directory, release.filename)
-    try:
+    with cache.part_removed_on_failure(path, directory, "cannot write the installer cache"):
         with handle:
             part = _Part(handle, path, release.size)
             budget = _Budget(opts)
@@ -370,13 +370,6 @@ def _transfer(session: requests.Session, release: Release, root: HostRoot,
             part.finish()
         got = _verify(part, release)
         return cache.land(path, root, got, release.filename)
-    except OSError as exc:
-        path.unlink(missing_ok=True)
-        raise cache.no_space_error(exc, directory) or DownloadError(
-            f"cannot write the installer cache {directory}: {exc}") from None
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
 
 
 def ensure_installer(release: Release, root: HostRoot, *, session: requests.Session | None = None,
