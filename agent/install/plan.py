@@ -11,9 +11,9 @@ from agent.install import inplace, prebuild
 from agent.install import installer as inst
 from agent.install.cache import cached_path
 from agent.install.kit import Kit
-from agent.install.pin import resolve_pin
+from agent.install.pin import install_reason, nvidia_ko_built, resolve_pin
 from agent.install.pipeline import gate
-from agent.install.steps import STEPS, Facts, applies, install_reason, nvidia_ko_built
+from agent.install.steps import STEPS, Facts, applies
 from agent.settings import Settings
 from agent.vgpu import host_vgpu_facts
 

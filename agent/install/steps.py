@@ -10,17 +10,14 @@ from pathlib import Path
 import structlog
 
 from agent.catalog import known_bad_kernel
-from agent.driver.checks import Expect, driver_checks, first_failure
-from agent.driver.record import InstallRecord
 from agent.driver.snapshot import Snapshot
 from agent.errors import AgentError, InstallError
 from agent.host.paths import CACHE_DIR, GRIDD_CONF, RECORD
-from agent.host.root import HostRoot
 from agent.install import inplace, prebuild, upgrade
 from agent.install import installer as inst
 from agent.install.flow import Flow
 from agent.install.modules import DriverInUse, in_use_reasons
-from agent.install.pin import Pin, record_matches
+from agent.install.pin import Pin, fast_path_refusal, install_reason, nvidia_ko_built
 from agent.install.verify import verify_snapshot
 from agent.vgpu import HostVgpuFacts
 
@@ -67,53 +64,6 @@ class Step:
     full_path: bool = True  # skipped when the fast path was taken
     fast_only: bool = False  # run only when the fast path was taken
     rescue: Callable[[Flow, AgentError], None] | None = None  # may finish the step another way
-
-
-# -- pure judgements -------------------------------------------------------------------------
-
-
-def fast_path_refusal(snap: Snapshot, pin: Pin, targets: tuple[str, ...], *,
-                      prebuilt: bool = False) -> str | None:
-    """None when the driver in place is this pin, built (or prebuilt) for this kernel, and
-    works; `prebuilt`: this pin's modules were prebuilt for the running kernel."""
-    state = snap.modules
-    if not state.loaded:
-        return "the nvidia module is not loaded"
-    if state.version != pin.module_version:
-        return f"loaded module is {state.version}, pin is {pin.module_version}"
-    record = snap.record
-    why = record_matches(record, pin)
-    if why or record is None:
-        return why
-    if state.module_type is not None and state.module_type != record.module_type:
-        return f"loaded {state.module_type} modules, recorded {record.module_type}"
-    if record.kernel_release != snap.kernel_release and not prebuilt:
-        return f"kernel is {snap.kernel_release}, driver was built for {record.kernel_release}"
-    failed = first_failure(driver_checks(snap, Expect(pin.module_version, record.module_type,
-                                                      targets)))
-    if failed is not None:
-        # The full path re-runs load, persistence and licensing, which may fix it.
-        return f"verification failed: {failed.reason}"
-    return None
-
-
-def install_reason(record: InstallRecord | None, pin: Pin, kernel_release: str,
-                   built: bool, *, prebuilt: bool = False) -> str | None:
-    """None when the record says this pin is built (or was prebuilt) for this kernel and
-    nvidia.ko is there."""
-    why = record_matches(record, pin)
-    if why or record is None:
-        return why
-    if record.kernel_release != kernel_release and not prebuilt:
-        return f"built for kernel {record.kernel_release}"
-    if not built:
-        return f"no nvidia.ko under /lib/modules/{kernel_release}"
-    return None
-
-
-def nvidia_ko_built(root: HostRoot, kernel_release: str) -> bool:
-    """An nvidia.ko (any compression) under /lib/modules/<kernel> on the host."""
-    return any(root.path(f"/lib/modules/{kernel_release}").rglob("nvidia.ko*"))
 
 
 # -- fast path -------------------------------------------------------------------------------
