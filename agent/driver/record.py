@@ -104,7 +104,11 @@ def _typed(data: dict[str, Any]) -> InstallRecord:
 
 def read_record(root: HostRoot) -> InstallRecord | None:
     """The record, or None when absent or unreadable (a corrupt record means: reinstall)."""
-    data = read_state(root)
+    return record_of(read_state(root))
+
+
+def record_of(data: dict[str, Any] | None) -> InstallRecord | None:
+    """The install record in a read_state() result; None when absent or mistyped."""
     if data is None:
         return None
     try:
@@ -119,8 +123,12 @@ def read_prebuilds(root: HostRoot) -> dict[str, dict[str, Any]]:
 
     Only well-formed entries (a dict with a string outcome); {} when absent or unreadable.
     """
-    data = read_state(root) or {}
-    found = data.get("prebuilds")
+    return prebuilds_of(read_state(root))
+
+
+def prebuilds_of(data: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The well-formed `prebuilds` entries of a read_state() result."""
+    found = (data or {}).get("prebuilds")
     if not isinstance(found, dict):
         return {}
     return {str(release): entry for release, entry in found.items()

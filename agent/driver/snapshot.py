@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from agent.driver.nvsmi import SmiOutcome, run_smi
-from agent.driver.record import InstallRecord, read_record
+from agent.driver.record import InstallRecord, prebuilds_of, read_state, record_of
 from agent.driver.state import ModuleState, read_module_state
 from agent.handoff import Handoff, inspect_handoff
 from agent.host.kernel import host_kernel_release
@@ -26,6 +27,8 @@ class Snapshot:
     smi: SmiOutcome | None = None  # None when nvidia-smi was not run
     smi_binary: str | None = None  # what is wrong with /usr/bin/nvidia-smi; None when fine
     kernel_release: str | None = None  # `uname -r` on the host, when asked
+    # state.json's prebuilds, from the same single read as the record
+    prebuilds: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def smi_binary_problem(root: HostRoot) -> str | None:
@@ -46,9 +49,10 @@ def take_snapshot(root: HostRoot, runner: HostRunner, *, smi: bool = True, kerne
                   handoff: bool = True, timeout: float | None = None) -> Snapshot:
     """Files first (free); then `uname -r` if asked, then nvidia-smi and nvidia-smi -q -x."""
     modules = read_module_state(root)
-    record = read_record(root)
+    state = read_state(root)  # once: the record and the prebuilds (one warning if corrupt)
     seen = inspect_handoff(root) if handoff else None
     binary = smi_binary_problem(root) if smi else None
     release = host_kernel_release(runner) if kernel else None
     outcome = run_smi(runner, timeout=timeout) if smi else None
-    return Snapshot(modules, record, seen, outcome, binary, release)
+    return Snapshot(modules, record_of(state), seen, outcome, binary, release,
+                    prebuilds_of(state))

@@ -12,7 +12,7 @@ import structlog
 from agent.driver.license import LeaseSeen, classify_license
 from agent.driver.nvsmi import GpuReport, SmiOutcome
 from agent.driver.profile import parse_vgpu_type
-from agent.driver.record import InstallRecord, read_prebuilds
+from agent.driver.record import InstallRecord
 from agent.driver.snapshot import Snapshot, take_snapshot
 from agent.driver.state import ModuleState
 from agent.handoff import Handoff
@@ -95,7 +95,7 @@ def observe(root: HostRoot, runner: HostRunner, *, targets: tuple[str, ...],
         kernel_release=(root.read_text(KERNEL_RELEASE) or "").strip() or None,
         host_vgpu=host_vgpu,
         host_vgpu_unknown=host_why,
-        prebuilds=read_prebuilds(root),
+        prebuilds=snapshot.prebuilds,
     )
 
 
