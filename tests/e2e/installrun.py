@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,9 +131,10 @@ def _descendants(pid: int) -> list[int]:
 
 def kill_at_step(host_args: list[str], env: dict[str, str], step: str, *,
                  timeout: float = 300, event: str | None = None,
-                 after: float = 0.0) -> AgentRun:
+                 until: Callable[[], bool] | None = None) -> AgentRun:
     """SIGKILL the agent and every process it started the moment `step` starts (or, with
-    `event`, when that log event comes after the step started, `after` seconds later).
+    `event`, when that log event comes after the step started; with `until`, once that
+    also holds: a state on the host, never a delay that a fast machine outruns).
 
     Killing the whole tree plays a container runtime killing the pod's cgroup.
     """
@@ -150,7 +152,8 @@ def kill_at_step(host_args: list[str], env: dict[str, str], step: str, *,
         name = parsed[0].get("event") if parsed else None
         hit = in_step and name == (event or "step_started")
         if hit:
-            time.sleep(after)
+            while until is not None and not until() and time.monotonic() < deadline:
+                time.sleep(0.01)
             tree = [proc.pid, *_descendants(proc.pid)]
             for pid in tree:
                 with contextlib.suppress(ProcessLookupError):

@@ -127,17 +127,26 @@ def test_a_failed_prebuild_is_recorded_and_never_fatal(simnode, catalog, next_ke
     assert record(simnode)["outcome"] == "fast_path"
 
 
-@pytest.mark.parametrize(("event", "after"), [(None, 0.0), ("prebuild_started", 0.0),
-                                             ("prebuild_command", 0.05),
-                                             ("prebuild_command", 0.15)])
+@pytest.mark.parametrize("moment", ["step", "prebuild_started", "prebuild_command",
+                                    "modules_on_disk"])
 def test_killed_during_a_prebuild_leaves_the_driver_and_converges(simnode, catalog,
-                                                                 next_kernel, event, after):
+                                                                 next_kernel, moment):
     assert install(simnode, catalog).returncode == 0
     before = running_driver(simnode)
     simnode.install_kernel(next_kernel)
-    killed = kill_at_step(simnode.agent_args(), catalog, "prebuild", event=event, after=after)
+    until = None
+    if moment == "modules_on_disk":
+        # The installer pauses after copying the modules, before its manifest lists them.
+        simnode.set_scenarios("healthy", "installer-slow")
+        modules = simnode.path(f"/lib/modules/{next_kernel}/kernel/drivers/video")
+        until = lambda: (modules / "nvidia.ko").exists()  # noqa: E731
+    event = None if moment == "step" else "prebuild_command" if until else moment
+    killed = kill_at_step(simnode.agent_args(), catalog, "prebuild", event=event, until=until)
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert running_driver(simnode) == before
+    if until is not None:
+        assert until(), "killed before the modules were on disk"
+        simnode.set_scenarios("healthy")
     rerun = install(simnode, catalog)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert record(simnode)["prebuilds"][next_kernel]["outcome"] == "built"
