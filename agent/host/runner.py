@@ -70,28 +70,10 @@ class HostRunner:
         A command that is not installed raises HostCommandMissing whatever `check` says:
         a caller that may do without it catches that by name.
         """
-        full = self.argv_for(argv)
         limit = self.timeout if timeout is None else timeout
-        log.debug("host_command", argv=full, timeout=limit)
         self.calls += 1
         started = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                full,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=clean_env({**self.env, **(env or {})}),
-                start_new_session=True,  # so a timeout kills nsenter's forked child too
-                text=True,
-                errors="replace",
-            )
-        except FileNotFoundError as exc:
-            if self.pid is None:
-                raise HostCommandMissing(argv[0], argv) from exc
-            raise HostCommandMissing(self.nsenter, argv, where="in the agent's image") from exc
-        except OSError as exc:
-            raise HostCommandError(argv, None, reason=f"could not start: {exc.strerror}") from exc
+        proc = self._start(argv, limit, env)
         try:
             out, err = proc.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
@@ -111,6 +93,29 @@ class HostRunner:
         if check and not result.ok:
             raise HostCommandError(argv, result.returncode, out, err)
         return result
+
+    def _start(self, argv: Sequence[str], limit: float,
+               env: Mapping[str, str] | None) -> subprocess.Popen[str]:
+        """Popen argv on the host; a missing command (or nsenter) is HostCommandMissing."""
+        full = self.argv_for(argv)
+        log.debug("host_command", argv=full, timeout=limit)
+        try:
+            return subprocess.Popen(
+                full,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=clean_env({**self.env, **(env or {})}),
+                start_new_session=True,  # so a timeout kills nsenter's forked child too
+                text=True,
+                errors="replace",
+            )
+        except FileNotFoundError as exc:
+            if self.pid is None:
+                raise HostCommandMissing(argv[0], argv) from exc
+            raise HostCommandMissing(self.nsenter, argv, where="in the agent's image") from exc
+        except OSError as exc:
+            raise HostCommandError(argv, None, reason=f"could not start: {exc.strerror}") from exc
 
 
 def _nsenter_not_found(returncode: int, stderr: str, command: str) -> bool:
