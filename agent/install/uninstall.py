@@ -53,13 +53,13 @@ def _cached_runs(root: HostRoot) -> list[Path]:
     return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def uninstaller_argv(root: HostRoot) -> list[str] | None:
-    """The installed driver's own uninstaller, else the cached .run's `--uninstall`."""
+def uninstaller_argv(root: HostRoot, version: str | None) -> list[str] | None:
+    """The installed driver's own uninstaller, else the cached .run's `--uninstall` (the
+    recorded `version`'s when the cache has it)."""
     if root.exists(UNINSTALLER):
         return [UNINSTALLER, "--silent"]
-    record = read_record(root)
     runs = _cached_runs(root)
-    matching = [p for p in runs if record and record.version in p.name] or runs
+    matching = [p for p in runs if version and version in p.name] or runs
     if not matching:
         return None
     return ["sh", inst.host_path_of(root, matching[0]), "--uninstall", "--silent"]
@@ -91,9 +91,10 @@ def _run_uninstaller(root: HostRoot, runner: HostRunner, argv: list[str],
 
 def remove_driver(root: HostRoot, runner: HostRunner, *, timeout: float) -> bool:
     """Run the uninstaller when a driver is on disk; exit 6 with its ERROR lines on failure."""
-    if not root.exists(SMI) and read_record(root) is None:
+    record = read_record(root)
+    if not root.exists(SMI) and record is None:
         return False
-    argv = uninstaller_argv(root)
+    argv = uninstaller_argv(root, record.version if record else None)
     if argv is None:
         raise InstallError(f"no uninstaller: neither {UNINSTALLER} nor a cached .run in "
                            f"{CACHE_DIR}", remedy="run `grid-agent fetch` first, then retry")
