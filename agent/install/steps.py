@@ -13,7 +13,7 @@ from agent.catalog import known_bad_kernel
 from agent.driver.snapshot import Snapshot
 from agent.errors import AgentError, InstallError
 from agent.host.paths import CACHE_DIR, GRIDD_CONF, RECORD
-from agent.install import inplace, prebuild, upgrade
+from agent.install import inplace, moduletype, prebuild, upgrade
 from agent.install import installer as inst
 from agent.install.flow import Flow
 from agent.install.modules import DriverInUse, in_use_reasons
@@ -241,31 +241,12 @@ def look_installer(facts: Facts) -> Look:
                       "(-M), --silent --no-drm")
 
 
-def _choose(flow: Flow) -> inst.ModuleChoice:
-    recommended = None
-    if flow.pin.requested == "auto":
-        recommended = flow.kit.recommended_type(flow.root, flow.runner, flow.run_path,
-                                                timeout=flow.settings.install_timeout)
-    return inst.choose_module_type(flow.pin.requested, recommended, flow.pin.module_version)
-
-
-def _run_installer(flow: Flow, module_type: str) -> bool:
-    if flow.cc:
-        flow.kit.run_installer(flow.root, flow.runner, flow.run_path, module_type,
-                               timeout=flow.settings.install_timeout, cc=flow.cc)
-    else:  # fakes that build nothing need not take cc
-        flow.kit.run_installer(flow.root, flow.runner, flow.run_path, module_type,
-                               timeout=flow.settings.install_timeout)
-    flow.module_type = module_type
-    return True
-
-
 def act_installer(flow: Flow) -> bool:
     if flow.install_reason is None:
         return False
     log.info("installer_needed", reason=flow.install_reason)
-    flow.choice = _choose(flow)
-    return _run_installer(flow, flow.choice.module_type)
+    flow.choice = moduletype.choose(flow)
+    return moduletype.install(flow, flow.choice.module_type)
 
 
 def look_load(facts: Facts) -> Look:
@@ -273,45 +254,10 @@ def look_load(facts: Facts) -> Look:
 
 
 def act_load(flow: Flow) -> bool:
-    """Load the stack; a proprietary module that loads but cannot drive the GPU is a failure.
-
-    The kernel may accept the proprietary module and only log the NVRM requires-open line
-    with `RmInitAdapter failed!` (nvidia-smi then finds no devices):
-    docs/design/gpu-operator-contract.md 4.
-    """
+    """Load the stack; a proprietary module that loads but cannot drive the GPU is a failure."""
     changed = flow.kit.load_modules(flow.root, flow.runner)
-    if flow.install_reason is not None and flow.module_type == "proprietary" and \
-            inst.kernel_says_requires_open(flow.kit.kernel_log(flow.runner)):
-        raise InstallError("the proprietary nvidia module loaded but the GPU did not initialise "
-                           "(NVRM: requires use of the NVIDIA open kernel modules)",
-                           remedy=f"set {inst.MODULE_TYPE_VAR}=open")
+    moduletype.refuse_gpuless_proprietary(flow)
     return changed
-
-
-def _open_instead(flow: Flow, exc: AgentError, *, then_load: bool) -> None:
-    """A requires-open failure of proprietary: unload, install open, (load); else re-raise."""
-    choice = flow.choice
-    if choice is None or choice.module_type != "proprietary":
-        raise exc
-    # The kernel's NVRM line is the one signal: the installer never refuses -M proprietary.
-    if not inst.kernel_says_requires_open(flow.kit.kernel_log(flow.runner)):
-        raise exc
-    if not choice.fallback_to_open:
-        raise InstallError(
-            "this GPU requires the NVIDIA open kernel modules and "
-            f"{inst.MODULE_TYPE_VAR}={choice.requested} forbids falling back",
-            remedy=f"set {inst.MODULE_TYPE_VAR}=open (or proprietary to allow the fallback)",
-        ) from exc
-    log.warning("module_type_fallback", installed="open", requested=choice.requested,
-                reason="this GPU requires the NVIDIA open kernel modules",
-                hint=f"set {inst.MODULE_TYPE_VAR}=open to skip the failed attempt, or "
-                     "proprietary-strict to forbid this fallback")
-    # A proprietary module that loaded without a GPU must go before open can install.
-    flow.step("stale_unload", lambda: flow.kit.unload_stale(flow.root, flow.runner,
-                                                             want_version=""))
-    flow.step("installer", lambda: _run_installer(flow, "open"))
-    if then_load:
-        flow.step("load", lambda: act_load(flow))
 
 
 def look_persistence(facts: Facts) -> Look:
@@ -412,10 +358,10 @@ STEPS: tuple[Step, ...] = (
     Step("packages", look_packages, act_packages),
     Step("stale_unload", look_stale_unload, act_stale_unload),
     Step("nouveau", look_nouveau, act_nouveau),
-    Step("installer", look_installer, act_installer,
-         rescue=lambda flow, exc: _open_instead(flow, exc, then_load=False)),
+    # The requires-open fallback (moduletype.py) may finish either step with open modules.
+    Step("installer", look_installer, act_installer, rescue=moduletype.open_instead),
     Step("load", look_load, act_load,
-         rescue=lambda flow, exc: _open_instead(flow, exc, then_load=True)),
+         rescue=lambda flow, exc: moduletype.open_instead(flow, exc, load=act_load)),
     Step("persistence", look_persistence, act_persistence),
     Step("licensing", look_licensing, act_licensing),
     Step("verify", look_verify, act_verify),

@@ -111,36 +111,6 @@ def test_fast_path_declined_when_anything_differs(node, change):
     assert "preflight" in node.names()
 
 
-def test_requires_open_falls_back_once_and_warns_naming_the_variable(node):
-    node.requires_open = True
-    with capture_logs() as logs:
-        out = install(node)
-    assert out.outcome == "installed"
-    installs = [c for c in node.calls if c[0] == "run_installer"]
-    assert [c[2] for c in installs] == ["proprietary", "open"]
-    warning, = [e for e in logs if e["event"] == "module_type_fallback"]
-    assert warning["log_level"] == "warning"
-    assert "GRID_AGENT_KERNEL_MODULE_TYPE" in warning["hint"]
-    assert read_record(node.root).module_type == "open"
-
-
-def test_proprietary_strict_refuses_the_fallback(node):
-    node.requires_open = True
-    with pytest.raises(InstallError, match="proprietary-strict forbids") as err:
-        install(node, kernel_module_type="proprietary-strict")
-    assert err.value.exit_code == 6
-    assert [c[2] for c in node.calls if c[0] == "run_installer"] == ["proprietary"]
-    rec = read_record(node.root)
-    assert (rec.outcome, rec.exit_code) == ("failed", 6)
-    assert not node.marker
-
-
-def test_auto_asks_the_installer(node):
-    install(node, kernel_module_type="auto")
-    assert ("run_installer", RUN_PATH, "open") in node.calls
-    assert "recommended_type" in node.names()
-
-
 def test_verify_failure_is_exit_7_recorded_and_never_published(node):
     node.smi_exit = 14
     node.marker = True  # left by an older, verified driver
@@ -203,29 +173,6 @@ def test_module_type_change_unloads_the_same_version_before_reinstalling(node):
     assert names.index("unload_stale") < names.index("run_installer")
     assert node.state.module_type == "open"
     assert read_record(node.root).module_type == "open"
-
-
-def test_an_installer_error_naming_the_open_modules_is_no_signal(node):
-    """The real installer never refuses -M proprietary: only the kernel's NVRM line counts."""
-    from agent.install.installer import InstallerFailed
-
-    def refusing(root, runner, run_path, module_type, *, timeout):
-        node.calls.append(("run_installer", run_path, module_type))
-        raise InstallerFailed("driver installer failed", [
-            "ERROR: The NVIDIA GPU 0000:00:02.0 (PCI ID: 10de:2bb5) installed in this "
-            "system requires use of the NVIDIA open kernel modules."])
-
-    kit = node.kit().__class__(**{**node.kit().__dict__, "run_installer": refusing})
-    with pytest.raises(InstallerFailed):
-        pipeline.install(settings(kernel_module_type="proprietary"), node.root, object(), kit)
-    assert [c[2] for c in node.calls if c[0] == "run_installer"] == ["proprietary"]
-    assert "kernel_log" in node.names()  # asked, and the kernel said nothing
-
-
-def test_auto_without_a_recommendation_takes_open_for_branch_580(node):
-    node.recommended = None
-    install(node, kernel_module_type="auto")
-    assert [c[2] for c in node.calls if c[0] == "run_installer"] == ["open"]
 
 
 def test_a_built_driver_needs_no_download(node):
