@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import hashlib
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urljoin
@@ -25,6 +23,7 @@ from agent.errors import DownloadError
 from agent.host.root import HostRoot
 from agent.install import baked, cache
 from agent.install.progress import Meter, Progress, tty_progress
+from agent.install.retry import ATTEMPTS, RETRY, TooSlow, TransientError, parse_retry_after
 from agent.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
@@ -34,14 +33,13 @@ log = structlog.get_logger(__name__)
 
 CHUNK = 1 << 20  # 1 MiB reads: few Python iterations per byte, measured in scripts/bench
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_MAX_RETRY_AFTER = 300.0  # a server asking for more than 5 minutes gets our own backoff cap
 
 
 @dataclass(frozen=True)
 class DownloadOptions:
     connect_timeout: float = 15.0
     read_timeout: float = 60.0
-    attempts: int = 6  # attempts that make no progress; a resume after progress is free
+    attempts: int = ATTEMPTS  # attempts that make no progress; a resume after progress is free
     chunk_size: int = CHUNK
     progress_every: float = 5.0
     max_redirects: int = 5
@@ -59,18 +57,6 @@ def download_options(settings: Settings) -> DownloadOptions:
                            deadline=settings.download_deadline,
                            min_rate=settings.download_min_rate,
                            max_bytes=settings.download_max_mb << 20)
-
-
-class TransientError(DownloadError):
-    """Worth another attempt: connection trouble, 5xx, 408, 429."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class TooSlow(TransientError):
-    """An attempt below the minimum rate: it costs an attempt (no free resume)."""
 
 
 class _Budget:
@@ -112,51 +98,6 @@ class _Window:
             raise TooSlow(f"{self.bytes} bytes in {span:.0f} s, below the minimum of "
                           f"{opts.min_rate} bytes/s (GRID_AGENT_DOWNLOAD_MIN_RATE)")
         self.begun, self.bytes = now, 0
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Retry-After as seconds: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    now = now or datetime.now(UTC)
-    return max(0.0, (when - now).total_seconds())
-
-
-class WaitRetryAfter(tenacity.wait.wait_base):
-    """The server's Retry-After when it sent one, else the fallback backoff."""
-
-    def __init__(self, fallback: tenacity.wait.wait_base) -> None:
-        self.fallback = fallback
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, TransientError) and exc.retry_after is not None:
-            return min(exc.retry_after, _MAX_RETRY_AFTER)
-        return self.fallback(retry_state)
-
-
-def _log_retry(state: tenacity.RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    wait = state.next_action.sleep if state.next_action else 0.0
-    log.warning("download_retry", attempt=state.attempt_number, wait_seconds=round(wait, 2),
-                error=str(exc))
-
-
-# The one retry policy. Tests shorten it with RETRY.copy(wait=wait_none()) or a fake sleep.
-RETRY = tenacity.Retrying(
-    retry=tenacity.retry_if_exception_type(TransientError),
-    wait=WaitRetryAfter(tenacity.wait_random_exponential(multiplier=1, max=60)),
-    stop=tenacity.stop_after_attempt(DownloadOptions.attempts),
-    before_sleep=_log_retry,
-    reraise=True,
-)
 
 
 def new_session() -> requests.Session:

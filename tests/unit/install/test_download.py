@@ -12,13 +12,8 @@ from agent.catalog import Release
 from agent.errors import DownloadError
 from agent.host.root import HostRoot
 from agent.install.cache import CACHE_DIR
-from agent.install.download import (
-    RETRY,
-    DownloadOptions,
-    ensure_installer,
-    new_session,
-    parse_retry_after,
-)
+from agent.install.download import DownloadOptions, ensure_installer, new_session
+from agent.install.retry import RETRY
 from tests.simnode.httpd import CA_FILE, Reply, random_bytes
 
 SIZE = 3 * (1 << 20) + 12345  # a few chunks and an odd tail
@@ -304,16 +299,6 @@ def test_a_given_session_is_used_as_is(http_server, root, slept):
     ensure_installer(release, root, session=session, progress=lambda *_: None,
                      retrying=RETRY.copy(sleep=slept.append))
     assert http_server.count() == 1
-
-
-@pytest.mark.parametrize(("value", "seconds"), [
-    ("120", 120.0), (" 3 ", 3.0), (None, None), ("soon", None),
-    ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0), ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0)])
-def test_parse_retry_after(value, seconds):
-    from datetime import UTC, datetime
-
-    now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC)
-    assert parse_retry_after(value, now=now) == seconds
 
 
 def test_a_huge_retry_after_is_capped(http_server, fetch, slept):
