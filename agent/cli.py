@@ -37,7 +37,7 @@ from agent.vgpu import HostVgpuFacts, host_vgpu_facts
 
 log = structlog.get_logger(__name__)
 
-_REPORT = "grid_agent.report_failure"
+_REPORT = "grid_agent.report"
 
 
 def _help(field: str) -> str:
@@ -61,7 +61,7 @@ def cli(ctx: click.Context, /, **flags: object) -> None:
     agent_log.configure(settings.log_format, settings.log_level)
     for env, replacement in retired_in(os.environ):
         log.warning("setting_retired", variable=env, ignored=True, use=replacement)
-    if callable(ctx.obj):  # run_cli's termination writer, for steps that fail under the lock
+    if callable(ctx.obj):  # run_cli's termination writer: failures under the lock, staging
         ctx.meta[_REPORT] = ctx.obj
     ctx.obj = settings
 
@@ -122,7 +122,7 @@ def install_cmd(settings: Settings, wait_lock: bool | None, dry_run: bool) -> No
     from agent.install.commands import install_command
 
     install_command(settings, wait_lock=wait_lock, dry_run=dry_run, echo=click.echo,
-                    on_failure=click.get_current_context().meta.get(_REPORT))
+                    report=click.get_current_context().meta.get(_REPORT))
 
 
 @cli.command("run")
@@ -209,7 +209,7 @@ def run_cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None
         with terminate_on_signals():
             try:
                 rv = cli.main(args=args, prog_name="grid-agent", standalone_mode=False,
-                              obj=lambda exc: _write_termination(exc.line(), environ))
+                              obj=lambda line: _write_termination(line, environ))
             except OSError as exc:  # a host file the step did not classify: not a bug
                 raise host_file_error(_command_of(args), exc) from exc
     except AgentError as exc:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from agent.errors import AgentError
 from agent.host import open_doors
 from agent.install.kit import Kit, real_kit
-from agent.install.pipeline import Outcome, Progress, install
+from agent.install.pipeline import Outcome, Progress, Report, install
 from agent.install.plan import format_plan, make_plan
 from agent.settings import Settings
 
@@ -21,7 +20,7 @@ def _with_wait(settings: Settings, wait_lock: bool | None) -> Settings:
 
 def install_command(settings: Settings, *, wait_lock: bool | None, dry_run: bool, echo: Echo,
                     kit: Kit | None = None, progress: Progress | None = None,
-                    on_failure: Callable[[AgentError], None] | None = None) -> Outcome | None:
+                    report: Report | None = None) -> Outcome | None:
     """`install`: converge (logs, plus progress lines if given), or print the plan (--dry-run)."""
     settings = _with_wait(settings, wait_lock)
     root, runner = open_doors(settings)
@@ -29,7 +28,7 @@ def install_command(settings: Settings, *, wait_lock: bool | None, dry_run: bool
     if dry_run:
         echo(format_plan(make_plan(settings, root, runner, kit)))
         return None
-    return install(settings, root, runner, kit, progress=progress, on_failure=on_failure)
+    return install(settings, root, runner, kit, progress=progress, report=report)
 
 
 def uninstall_command(settings: Settings, *, wait_lock: bool | None, purge: bool, echo: Echo,

@@ -23,7 +23,9 @@ from agent.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["Flow", "Outcome", "Progress", "gate", "install", "step_file_error", "walk"]
+__all__ = ["Flow", "Outcome", "Progress", "Report", "gate", "install", "step_file_error", "walk"]
+
+Report = Callable[[str], None]  # the CLI's termination message writer
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,12 @@ def gate(settings: Settings, kit: Kit) -> tuple[str | None, tuple[str, ...]]:
 
 
 def install(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, *,
-            progress: Progress | None = None,
-            on_failure: Callable[[AgentError], None] | None = None) -> Outcome:
+            progress: Progress | None = None, report: Report | None = None) -> Outcome:
     """Converge the node; raise the step's AgentError (recorded in state.json) on failure.
 
-    `on_failure` (the CLI's termination message) runs after the record, before the lock
-    is let go: whoever takes the lock next finds both written.
+    `report` (the CLI's termination message) gets a failure's line after the record, before
+    the lock is let go: whoever takes the lock next finds both written. It also gets a
+    staged upgrade's line before the wait, as the kubelet shows it if the wait is killed.
     """
     why, targets = gate(settings, kit)
     if why is not None:
@@ -80,17 +82,30 @@ def install(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, *,
         try:
             walk(flow)
             return Outcome("fast_path" if flow.fast else "installed", flow.verified)
-        except upgrade.Staged:
-            pass  # the record still describes the driver in place; wait outside the lock
+        except upgrade.Staged as exc:
+            _report(report, exc.line())  # the record still describes the driver in place
         except AgentError as exc:
             _record_failure(flow, exc)
-            if on_failure is not None:
-                on_failure(exc)
+            _report(report, exc.line())
             raise
+    return _wait_staged(settings, root, runner, kit, progress=progress, report=report)
+
+
+def _wait_staged(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit, *,
+                 progress: Progress | None, report: Report | None) -> Outcome:
+    """Outside the lock, until the GPU is free (upgrade.Waiter); then install at once."""
     info = upgrade.staged_info(root) or {}
     upgrade.Waiter(root, interval=settings.watch_interval).wait(info)
-    return install(settings, root, runner, kit, progress=progress,
-                   on_failure=on_failure)  # drained: go on now
+    done = install(settings, root, runner, kit, progress=progress, report=report)
+    # The staged line must not stay as the message of a container that completed.
+    _report(report, f"upgrade to {info.get('version')} installed without a reboot: it was "
+                    f"staged until its GPU users went away")
+    return done
+
+
+def _report(report: Report | None, line: str) -> None:
+    if report is not None:
+        report(line)
 
 
 def _record_failure(flow: Flow, exc: AgentError) -> None:

@@ -206,10 +206,9 @@ def _stage_if_busy(flow: Flow) -> None:
 
 def _stage(flow: Flow, reason: str) -> None:
     sentinel = flow.settings.reboot_sentinel
-    upgrade.stage(flow.root, flow.runner, sentinel=sentinel, pin=flow.pin,
-                  run_path=flow.run_path, reason=reason)
-    raise upgrade.Staged(f"upgrade to {flow.pin.release.version} staged: waiting for a "
-                         f"reboot ({sentinel} written)")
+    info = upgrade.stage(flow.root, flow.runner, sentinel=sentinel, pin=flow.pin,
+                         run_path=flow.run_path, reason=reason)
+    raise upgrade.Staged(upgrade.staged_line(info))
 
 
 def look_nouveau(facts: Facts) -> Look:

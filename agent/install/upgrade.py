@@ -13,8 +13,11 @@ watches), the init container stages the upgrade instead of exiting 6:
    and `nvidia-persistenced` is disabled (it would load the old module by name);
 4. the sentinel is written (Ubuntu's `*** System restart required ***` text) and the
    staged package named in `<sentinel>.pkgs`, as update-notifier does;
-5. the init container waits: a log line every `GRID_AGENT_WATCH_INTERVAL`, and when the
-   GPU workloads are gone (the node was drained) it installs without a reboot.
+5. the termination message says so at once (`staged_line`): the kubelet shows it only
+   once the container has ended, and a reboot or a deleted pod may kill it mid-wait;
+6. the init container waits: a log line every `GRID_AGENT_WATCH_INTERVAL`, and when the
+   GPU workloads are gone (the node was drained) it installs without a reboot. SIGTERM
+   there ends it with 128 + the signal and a line that still says what is staged.
 
 After the reboot no NVIDIA module is loaded, so the install takes the cache's installer
 before any GPU workload; a successful install of the staged pin clears all of the above.
@@ -24,6 +27,7 @@ idempotent, so a SIGKILL anywhere leaves a state a re-run completes.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +38,7 @@ import structlog
 
 from agent.driver.record import read_record
 from agent.driver.sections import read_section, write_section
-from agent.errors import AgentError, HostCommandError, InstallError
+from agent.errors import AgentError, HostCommandError, InstallError, Terminated
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.install.modules import in_use_reasons
@@ -48,12 +52,42 @@ BLACKLIST_TEXT = ("# grid-agent: a driver upgrade is staged; the old driver must
                   + "".join(f"blacklist {m}\n" for m in ("nvidia", "nvidia_drm", "nvidia_modeset",
                                                           "nvidia_uvm", "nvidia_peermem")))
 SENTINEL_TEXT = "*** System restart required ***\n"  # what Ubuntu's update-notifier writes
+# The kubelet keeps 4096 bytes of a termination message: the many PIDs of a busy node must
+# not push out the end of the line.
+REASON_MAX = 1000
+WAIT_REMEDY = ("nothing was left half-done: state.json keeps `staged`, the sentinel and the "
+               "boot blacklist stay; after the reboot the next run installs from the cache")
 
 
 class Staged(AgentError):
     """Raised inside the lock; the caller waits outside it (exit 6 if it ever surfaces)."""
 
     exit_code = InstallError.exit_code
+
+
+class WaitStopped(Terminated):
+    """SIGTERM/SIGINT during the staged wait: 128 + the signal, the staging left in place."""
+
+    remedy = WAIT_REMEDY
+
+    def __init__(self, signum: int, info: dict[str, Any]) -> None:
+        super().__init__(signum, signal.Signals(signum).name)
+        waited = info.get("waiting_seconds")
+        after = f" after {waited} s" if isinstance(waited, int) else ""
+        self.message = f"{self.message}{after}: {staged_line(info)}"
+        self.args = (self.message,)
+
+
+def staged_line(info: dict[str, Any]) -> str:
+    """One line for `kubectl describe pod`: the staged pin, why, and what the node waits for."""
+    reason = str(info.get("reason") or "the old driver is in use")
+    if len(reason) > REASON_MAX:
+        reason = reason[:REASON_MAX] + "..."
+    older = info.get("from_version")
+    return (f"upgrade to {info.get('version')}{f' (from {older})' if older else ''} staged, "
+            f"waiting for reboot: {reason}; {info.get('sentinel')} is written and the node "
+            f"waits for the reboot coordinator (kured) to drain and reboot it, then the new "
+            f"driver installs from the cache")
 
 
 def _now() -> str:
@@ -146,8 +180,17 @@ class Waiter:
     interval: float
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
+    last: dict[str, Any] | None = None  # the latest `staged` written, for the stop's line
 
     def wait(self, info: dict[str, Any]) -> None:
+        """Until the GPU is free; a signal raises WaitStopped (nothing here is half-written:
+        state.json's writes are atomic)."""
+        try:
+            self._wait(info)
+        except Terminated as exc:
+            raise WaitStopped(exc.signum, self.last or info) from None
+
+    def _wait(self, info: dict[str, Any]) -> None:
         begun = self.clock()
         while True:
             users = in_use_reasons(self.root)
@@ -158,6 +201,7 @@ class Waiter:
             waited = round(self.clock() - begun)
             info = {**(staged_info(self.root) or info), "waiting_seconds": waited,
                     "blocked_by": users, "last_check": _now()}
+            self.last = info
             write_section(self.root, SECTION, info)
             log.warning("upgrade_staged_waiting", version=info.get("version"),
                         from_version=info.get("from_version"), sentinel=info.get("sentinel"),

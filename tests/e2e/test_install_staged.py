@@ -156,3 +156,43 @@ def test_killed_while_staging_or_waiting_then_the_reboot_converges(simnode, cata
     after = run_agent(simnode.agent_args(), upgrade, "install")
     assert after.returncode == 0, after.stderr[-3000:]
     assert record(simnode)["version"] == NEW and "staged" not in record(simnode)
+
+
+def test_sigterm_in_the_staged_wait_exits_143_saying_staged_and_the_reboot_converges(
+        simnode, catalog, upgrade, http_server, tmp_path):
+    old = busy_node_on_the_old_driver(simnode, catalog)
+    term = tmp_path / "termination-log"
+    env = {**upgrade, "GRID_AGENT_TERMINATION_LOG": str(term)}
+    waiting = start_install(simnode, env)
+    try:
+        waiting.wait_event("upgrade_staged_waiting", timeout=120)
+        # Written before the wait: a drain or reboot that SIGKILLs the container leaves it.
+        staged = term.read_text()
+        assert staged.startswith(f"upgrade to {NEW} (from 580.105.08-grid-azure) staged, "
+                                 f"waiting for reboot: the loaded NVIDIA driver is in use")
+        assert f"{SENTINEL} is written" in staged and "reboot coordinator" in staged
+        waiting.proc.send_signal(signal.SIGTERM)  # the kubelet's stop: the agent alone
+        assert waiting.proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if waiting.proc.poll() is None:
+            kill_tree(waiting)
+    message = term.read_text()
+    assert message.startswith("stopped by SIGTERM after ") and message.count("\n") == 1
+    assert f"upgrade to {NEW} (from 580.105.08-grid-azure) staged, waiting for reboot" in message
+    assert SENTINEL in message and "state.json keeps `staged`" in message
+    assert "http" not in message  # no URL (a mirror's may carry a token)
+    assert waiting.named("command_failed")[-1]["exit_code"] == 143
+    assert not waiting.named("internal_error")  # no traceback
+    # Nothing half-done: the staging stays for the reboot, the old driver runs on.
+    assert record(simnode)["staged"]["version"] == NEW
+    assert record(simnode)["version"] == "580.105.08-grid-azure"
+    assert "blacklist nvidia\n" in host_text(simnode, BLACKLIST)
+    assert host_text(simnode, ON_HOST) == "*** System restart required ***\n"
+    assert host_text(simnode, "/sys/module/nvidia/version") == old
+    http_server.reset_counters()
+    simnode.reboot()
+    after = run_agent(simnode.agent_args(), upgrade, "install")
+    assert after.returncode == 0, after.stderr[-3000:]
+    assert http_server.count() == 0 and len(after.named("installer_started")) == 1
+    assert record(simnode)["version"] == NEW and "staged" not in record(simnode)
+    assert host_text(simnode, BLACKLIST) is None and host_text(simnode, ON_HOST) is None

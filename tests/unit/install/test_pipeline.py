@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 from structlog.testing import capture_logs
 
@@ -217,11 +219,40 @@ def test_a_failure_is_recorded_then_reported_before_the_lock_is_let_go(node):
         finally:
             seen.append("released")
 
-    def report(exc):
-        seen.append(("report", exc.exit_code, read_record(node.root).outcome))
+    def report(line):
+        seen.append(("report", "Secure Boot is enabled" in line, read_record(node.root).outcome))
 
     kit = dataclasses.replace(node.kit(), lock=lock)
     node.preflight_error = "Secure Boot is enabled"
     with pytest.raises(PreflightError):
-        pipeline.install(settings(), node.root, object(), kit, on_failure=report)
-    assert seen == ["locked", ("report", 4, "failed"), "released"]
+        pipeline.install(settings(), node.root, object(), kit, report=report)
+    assert seen == ["locked", ("report", True, "failed"), "released"]
+
+
+def test_a_staged_upgrade_reports_its_line_before_the_wait_and_replaces_it_once_done(node):
+    from agent.install import upgrade
+    from tests.fakes.runner import FakeRunner
+    from tests.fakes.tree import Tree
+
+    install(node)  # the old driver, loaded
+    host = Tree(node.root.path("/"))
+    host.module("nvidia", refcnt=1, version=node.state.version)
+    host.process(4242, "cuda-app", ("/dev/nvidia0",))  # a CUDA process holds the GPU
+    node.release = release("580.126.09-grid-azure")
+    lines = []
+
+    def report(line):
+        lines.append(line)
+        if "staged, waiting for reboot" in line:  # as the kubelet would keep it; then a drain
+            assert upgrade.staged_info(node.root)["version"] == "580.126.09-grid-azure"
+            shutil.rmtree(node.root.path("/proc/4242"))
+
+    runner = FakeRunner().on("systemctl")
+    env = {"reboot_sentinel": "/var/run/reboot-required", "watch_interval": "0.1"}
+    out = pipeline.install(settings(**env), node.root, runner, node.kit(), report=report)
+    assert out.outcome == "installed" and len(lines) == 2
+    assert lines[0].startswith("upgrade to 580.126.09-grid-azure (from 580.105.08-grid-azure) "
+                               "staged, waiting for reboot: the loaded NVIDIA driver is in use")
+    assert "/var/run/reboot-required is written" in lines[0]
+    assert lines[1].startswith("upgrade to 580.126.09-grid-azure installed without a reboot")
+    assert upgrade.staged_info(node.root) is None

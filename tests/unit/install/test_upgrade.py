@@ -58,3 +58,68 @@ def test_clear_removes_the_boot_guards_and_the_staged_section(root, tmp_path):
     assert not conf.exists() and read_section(root, "staged") is None
     assert not (tmp_path / "run/reboot-required").exists()
     assert staging.clear(root, "") is False  # nothing left: a second clear changes nothing
+
+
+STAGED = {"version": "580.126.09-grid-azure", "from_version": "580.105.08-grid-azure",
+          "sentinel": "/var/run/reboot-required",
+          "reason": "the loaded NVIDIA driver is in use (pid 4242 (cuda-app))"}
+
+
+def test_the_staged_line_names_the_pin_why_the_sentinel_and_the_coordinator():
+    line = staging.staged_line(STAGED)
+    assert line.startswith("upgrade to 580.126.09-grid-azure (from 580.105.08-grid-azure) "
+                           "staged, waiting for reboot: the loaded NVIDIA driver is in use")
+    assert "/var/run/reboot-required is written" in line and "reboot coordinator" in line
+    assert "\n" not in line
+
+
+def test_a_long_reason_is_cut_so_the_line_stays_within_the_kubelets_4096_bytes():
+    many = "; ".join(f"pid {n} (cuda-app)" for n in range(2000))
+    line = staging.staged_line({**STAGED, "reason": many})
+    assert len(line.encode()) < 4096 and line.endswith("installs from the cache")
+
+
+def busy(tmp_path):
+    from tests.fakes.tree import Tree
+
+    host = Tree(tmp_path)
+    host.module("nvidia", refcnt=1, version="580.105.08")
+    host.process(4242, "cuda-app", ("/dev/nvidia0",))
+    return host
+
+
+def test_sigterm_in_the_wait_stops_with_143_and_a_line_that_still_says_staged(tmp_path):
+    from agent.driver.sections import read_section, write_section
+    from agent.errors import Terminated
+
+    host = busy(tmp_path)
+    write_section(host.root, "staged", STAGED)
+
+    def sleep(_seconds):
+        raise Terminated(15, "SIGTERM")  # what agent/signals.py raises in the main thread
+
+    ticks = iter([100.0, 107.0])
+    waiter = staging.Waiter(host.root, interval=60, sleep=sleep, clock=lambda: next(ticks))
+    with pytest.raises(staging.WaitStopped) as stopped:
+        waiter.wait(STAGED)
+    assert stopped.value.exit_code == 143
+    line = stopped.value.line()
+    assert line.startswith("stopped by SIGTERM after 7 s: upgrade to 580.126.09-grid-azure "
+                           "(from 580.105.08-grid-azure) staged, waiting for reboot")
+    assert "state.json keeps `staged`" in line
+    left = read_section(host.root, "staged")  # the staging is kept for the reboot
+    assert left["version"] == STAGED["version"] and "4242 (cuda-app)" in left["blocked_by"][0]
+
+
+def test_a_signal_before_the_first_check_still_names_the_staged_pin(tmp_path):
+    from agent.errors import Terminated
+
+    host = busy(tmp_path)
+
+    def clock():
+        raise Terminated(2, "SIGINT")
+
+    with pytest.raises(staging.WaitStopped) as stopped:
+        staging.Waiter(host.root, interval=60, clock=clock).wait(STAGED)
+    assert stopped.value.exit_code == 130
+    assert stopped.value.line().startswith("stopped by SIGINT: upgrade to 580.126.09")
