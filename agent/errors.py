@@ -158,7 +158,8 @@ EXIT_CODES: tuple[tuple[tuple[int, ...], str], ...] = (
     ((LockHeldError.exit_code,),
      "another instance holds the lock, or an NVIDIA installer is still running on the host"),
     ((UnhealthyError.exit_code,), "unhealthy (`check`, `probe`; `run` after a successful install)"),
-    ((128 + 2, 128 + 15), "stopped by SIGINT / SIGTERM (128 + the signal)"),
+    ((128 + 2, 128 + 15), "stopped by SIGINT / SIGTERM (128 + the signal); in a staged "
+                          "upgrade's wait the message says `staged, waiting for reboot`"),
 )
 
 
