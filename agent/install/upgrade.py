@@ -38,7 +38,8 @@ import structlog
 
 from agent.driver.record import read_record
 from agent.driver.sections import read_section, write_section
-from agent.errors import AgentError, HostCommandError, InstallError, Terminated
+from agent.errors import AgentError, HostCommandError, InstallError, LockHeldError, Terminated
+from agent.host.lock import host_lock
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 from agent.install.modules import in_use_reasons
@@ -202,9 +203,18 @@ class Waiter:
             info = {**(staged_info(self.root) or info), "waiting_seconds": waited,
                     "blocked_by": users, "last_check": _now()}
             self.last = info
-            write_section(self.root, SECTION, info)
+            self._write(info)
             log.warning("upgrade_staged_waiting", version=info.get("version"),
                         from_version=info.get("from_version"), sentinel=info.get("sentinel"),
                         waited_seconds=waited, blocked_by=users,
                         hint="waiting for the reboot coordinator to drain and reboot the node")
             self.sleep(self.interval)
+
+    def _write(self, info: dict[str, Any]) -> None:
+        """The status, under the host lock as every state.json writer (sections.py); when a
+        debug-node run holds it, this round's status is skipped, never written over its."""
+        try:
+            with host_lock(self.root, wait=False):
+                write_section(self.root, SECTION, info)
+        except LockHeldError:
+            log.info("staged_status_deferred", reason="another grid-agent holds the host lock")

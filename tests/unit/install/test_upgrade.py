@@ -123,3 +123,30 @@ def test_a_signal_before_the_first_check_still_names_the_staged_pin(tmp_path):
         staging.Waiter(host.root, interval=60, clock=clock).wait(STAGED)
     assert stopped.value.exit_code == 130
     assert stopped.value.line().startswith("stopped by SIGINT: upgrade to 580.126.09")
+
+
+def test_the_waits_status_is_written_under_the_host_lock_and_skipped_while_it_is_held(
+        tmp_path):
+    from agent.driver.sections import read_section, write_section
+    from agent.errors import Terminated
+    from agent.host.lock import host_lock
+
+    host = busy(tmp_path)
+    write_section(host.root, "staged", STAGED)
+    rounds = []
+
+    def sleep(_seconds):
+        rounds.append(read_section(host.root, "staged"))
+        if len(rounds) == 2:
+            raise Terminated(15, "SIGTERM")
+
+    ticks = iter([100.0, 107.0, 170.0])
+    waiter = staging.Waiter(host.root, interval=60, sleep=sleep, clock=lambda: next(ticks))
+    with host_lock(host.root, wait=False), pytest.raises(staging.WaitStopped):
+        waiter.wait(STAGED)  # a debug-node run holds the lock: state.json is its
+    assert [r.get("waiting_seconds") for r in rounds] == [None, None]
+    rounds.clear()
+    ticks = iter([100.0, 107.0, 170.0])
+    with pytest.raises(staging.WaitStopped):
+        waiter.wait(STAGED)
+    assert [r.get("waiting_seconds") for r in rounds] == [7, 70]
