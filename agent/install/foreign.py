@@ -1,135 +1,39 @@
-"""Another NVIDIA driver installation on the host: detect it, and remove it when unused.
+"""Another NVIDIA driver installation on the host (found by agent/driver/foreign.py):
+removed when unused.
 
-AKS node images can carry a prebaked CUDA driver, and Ubuntu hosts may have NVIDIA's
-driver from apt (`nvidia-driver-535`, CUDA's `cuda-drivers`, `libnvidia-*`, a DKMS
-`nvidia` tree under /var/lib/dkms and /usr/src/nvidia-<version>, its own nvidia-smi).
-Mixed with the GRID driver it gives "Driver/library version mismatch", and its DKMS
-tree rebuilds its own nvidia.ko (under updates/dkms, which modprobe prefers) on every
-kernel update. AKS tears such a driver down the same way (AgentBaker
-`cleanUpPrebakedGPUDriver`): unload it only when idle, remove its DKMS registration and
-its built modules, its libraries and binaries; we also purge its packages with apt.
-A driver that is loaded and in use is never touched: exit 6, naming it.
+AKS tears such a driver down the same way (AgentBaker `cleanUpPrebakedGPUDriver`): unload
+it only when idle, remove its DKMS registration and its built modules, its libraries and
+binaries; we also purge its packages with apt. A driver that is loaded and in use is never
+touched: exit 6, naming it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 
 import structlog
 
+from agent.driver.foreign import AKS_PREBAKE_MARKER, DKMS_TREE, ForeignDriver, find_foreign, ours_of
 from agent.errors import HostCommandError, InstallError
 from agent.host.root import HostRoot
 from agent.host.runner import HostRunner
 
 log = structlog.get_logger(__name__)
 
-DPKG_STATUS = "/var/lib/dpkg/status"
-DKMS_TREE = "/var/lib/dkms/nvidia"
-# AKS's prebake marker (AgentBaker GPU_DKMS_MARKER_FILE) and the prebake's staged libraries.
-AKS_PREBAKE_MARKER = "/opt/azure/aks-gpu/dkms-marker"
+# The prebake's staged libraries (AgentBaker `cleanUpPrebakedGPUDriver`).
 AKS_PREBAKE_LEFTOVERS = ("/usr/bin/lib64", "/etc/ld.so.conf.d/nvidia.conf")
-# Driver packages (Ubuntu's and NVIDIA's CUDA repository's names). The container toolkit
-# (libnvidia-container*, nvidia-container-*) is not a driver and is what the GPU Operator
-# and AKS install next to any driver: never purged.
-_DRIVER_PACKAGE = re.compile(
-    r"^(nvidia-driver-\d.*|nvidia-headless-\d.*|nvidia-dkms-\d.*|nvidia-kernel-.*|"
-    r"nvidia-utils-\d.*|nvidia-compute-utils-\d.*|nvidia-fabricmanager-\d.*|"
-    r"linux-modules-nvidia-.*|linux-objects-nvidia-.*|linux-signatures-nvidia-.*|"
-    r"cuda-drivers(-\d.*)?|libnvidia-(?!container).*|xserver-xorg-video-nvidia-\d.*|"
-    r"nvidia-firmware-\d.*)$")
-_MODINFO_VERSION = re.compile(rb"(?:^|\x00)version=([^\x00]+)")
-_TREE_VERSION = re.compile(r"^nvidia-(\d+(?:\.\d+)+)$")
 
 
-@dataclass(frozen=True)
-class ForeignDriver:
-    """What of another NVIDIA driver installation the host holds (empty: none)."""
-
-    packages: tuple[str, ...] = ()
-    dkms_versions: tuple[str, ...] = ()
-    source_trees: tuple[str, ...] = ()  # /usr/src/nvidia-<version> of other versions
-    dkms_modules: tuple[str, ...] = ()  # built .ko files of other versions under updates/
-    aks_prebake: bool = False
-    notes: tuple[str, ...] = field(default=(), compare=False)
-
-    def __bool__(self) -> bool:
-        return bool(self.packages or self.dkms_versions or self.source_trees
-                    or self.dkms_modules or self.aks_prebake)
-
-    def describe(self) -> str:
-        parts = []
-        if self.packages:
-            parts.append("packages " + ", ".join(self.packages))
-        if self.dkms_versions:
-            parts.append("DKMS " + ", ".join(f"nvidia/{v}" for v in self.dkms_versions))
-        elif self.source_trees:
-            parts.append("sources " + ", ".join(self.source_trees))
-        if self.dkms_modules and not self.dkms_versions:
-            parts.append("modules " + ", ".join(self.dkms_modules))
-        if self.aks_prebake:
-            parts.append("an AKS prebaked driver")
-        return "; ".join(parts)
-
-
-def installed_packages(status_text: str) -> list[str]:
-    """Packages dpkg has installed, from /var/lib/dpkg/status (deb822 stanzas)."""
-    found = []
-    for stanza in status_text.split("\n\n"):
-        fields = {}
-        for line in stanza.splitlines():
-            key, sep, value = line.partition(":")
-            if sep and not line.startswith((" ", "\t")):
-                fields[key.strip()] = value.strip()
-        status = fields.get("Status", "").split()
-        if fields.get("Package") and status[-1:] in (["installed"], ["half-configured"],
-                                                     ["unpacked"], ["half-installed"]):
-            found.append(fields["Package"])
-    return found
-
-
-def driver_packages(status_text: str) -> list[str]:
-    return sorted(p for p in installed_packages(status_text) if _DRIVER_PACKAGE.match(p))
-
-
-def ko_version(data: bytes) -> str | None:
-    """The `version=` of a kernel module's .modinfo section."""
-    found = _MODINFO_VERSION.search(data)
-    return found.group(1).decode(errors="replace") if found else None
-
-
-def _dirs(root: HostRoot, host_dir: str) -> list[str]:
-    try:
-        return sorted(p.name for p in root.path(host_dir).iterdir() if p.is_dir())
-    except OSError:
-        return []
-
-
-def find_foreign(root: HostRoot, pin_version: str,
-                 ours: frozenset[str] = frozenset()) -> ForeignDriver:
-    """Another NVIDIA driver's packages, DKMS trees and modules (files only, no process).
-
-    `ours`: other versions this agent installed itself (the install record's): their DKMS
-    trees belong to a .run install, which nvidia-installer replaces by itself."""
-    ours = ours | {pin_version}
-    packages = driver_packages(root.read_text(DPKG_STATUS, "") or "")
-    dkms = [v for v in _dirs(root, DKMS_TREE) if v not in ours]
-    trees = [f"/usr/src/{name}" for name in _dirs(root, "/usr/src")
-             if (m := _TREE_VERSION.match(name)) and m.group(1) not in ours]
-    modules = []
-    for release in _dirs(root, "/lib/modules"):
-        updates = root.path(f"/lib/modules/{release}/updates")
-        for ko in sorted(updates.rglob("nvidia*.ko*")) if updates.is_dir() else ():
-            try:
-                version = ko_version(ko.read_bytes())
-            except OSError:
-                continue
-            if version not in ours:
-                modules.append(str(PurePosixPath("/") / ko.relative_to(root.path("/"))))
-    return ForeignDriver(tuple(packages), tuple(dkms), tuple(trees), tuple(modules),
-                         root.exists(AKS_PREBAKE_MARKER))
+def removal(found: ForeignDriver) -> str:
+    """What the install's stale_unload step does about it (remove_foreign), in words."""
+    steps = ["unload its module"]
+    if found.packages:
+        steps.append("apt-get purge its packages")
+    if found.dkms_versions or found.source_trees or found.dkms_modules:
+        steps.append("remove its DKMS trees and modules")
+    if found.aks_prebake:
+        steps.append("drop the AKS prebake's leftovers")
+    return f"{', '.join(steps)} when unused, else exit 6 naming it and its users"
 
 
 Unload = Callable[..., bool]  # modules.unload_stale(root, runner, *, want_version)
@@ -228,7 +132,6 @@ def remove_foreign_driver(root: HostRoot, runner: HostRunner, pin_version: str, 
     from agent.driver.record import read_record
     from agent.install.modules import unload_stale
 
-    record = read_record(root)
-    ours = frozenset({record.module_version}) if record and record.module_version else frozenset()
+    ours = ours_of(read_record(root))
     return remove_foreign(root, runner, pin_version, unload=unload_stale, ours=ours,
                           purge=lambda pkgs: purge_with_apt(runner, pkgs, lock_wait=lock_wait))

@@ -1,51 +1,16 @@
 import pytest
 
+from agent.driver.foreign import AKS_PREBAKE_MARKER, DPKG_STATUS, ForeignDriver, find_foreign
 from agent.errors import InstallError
 from agent.host.root import HostRoot
 from agent.install import foreign
+from tests.fakes.foreign import FOREIGN, KERNEL, OTHER, PIN, STATUS, cuda_driver, stanza, write
 from tests.fakes.runner import FakeRunner
-
-PIN = "580.105.08"
-OTHER = "535.183.01"
-KERNEL = "6.8.0-1030-azure"
-
-
-def stanza(package, status="install ok installed", version="535.183.01-0ubuntu0.22.04.1"):
-    return (f"Package: {package}\nStatus: {status}\nPriority: optional\nSection: non-free/libs\n"
-            f"Architecture: amd64\nVersion: {version}\nDescription: {package}\n"
-            " a continuation line: Package: not-a-package\n")
-
-
-# A CUDA driver from apt next to the container toolkit the GPU Operator needs.
-STATUS = "\n".join([
-    stanza("bash", version="5.1-6ubuntu1"),
-    stanza("nvidia-driver-535"), stanza("nvidia-dkms-535"), stanza("libnvidia-compute-535"),
-    stanza("nvidia-utils-535"), stanza("nvidia-kernel-common-535"), stanza("cuda-drivers-535"),
-    stanza("libnvidia-container1", version="1.17.8-1"),
-    stanza("nvidia-container-toolkit", version="1.17.8-1"),
-    stanza("nvidia-driver-470", status="deinstall ok config-files"),
-])
-FOREIGN = ["cuda-drivers-535", "libnvidia-compute-535", "nvidia-dkms-535", "nvidia-driver-535",
-           "nvidia-kernel-common-535", "nvidia-utils-535"]
 
 
 def ok_runner():
     """Every host command succeeds."""
     return FakeRunner().on()
-
-
-def write(root, host_path, data, mode=0o644):
-    path = root.path(host_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, bytes):
-        path.write_bytes(data)
-    else:
-        path.write_text(data)
-    path.chmod(mode)
-
-
-def ko(version):
-    return b"\x7fELF...\x00license=NVIDIA\x00version=" + version.encode() + b"\x00srcversion=X\x00"
 
 
 @pytest.fixture
@@ -55,39 +20,12 @@ def root(tmp_path):
 
 @pytest.fixture
 def cuda_host(root):
-    write(root, foreign.DPKG_STATUS, STATUS)
-    write(root, f"/var/lib/dkms/nvidia/{OTHER}/source", "")
-    write(root, f"/usr/src/nvidia-{OTHER}/dkms.conf", 'PACKAGE_NAME="nvidia"\n')
-    write(root, f"/lib/modules/{KERNEL}/updates/dkms/nvidia.ko", ko(OTHER))
-    # Ours, from a GRID install with --dkms: never foreign.
-    write(root, f"/var/lib/dkms/nvidia/{PIN}/source", "")
-    write(root, f"/usr/src/nvidia-{PIN}/dkms.conf", 'PACKAGE_NAME="nvidia"\n')
-    write(root, f"/lib/modules/{KERNEL}/updates/dkms/nvidia-uvm.ko", ko(PIN))
-    return root
-
-
-def test_driver_packages_spare_the_container_toolkit_and_removed_ones():
-    assert foreign.driver_packages(STATUS) == FOREIGN
-
-
-def test_ko_version():
-    assert foreign.ko_version(ko(OTHER)) == OTHER
-    assert foreign.ko_version(b"\x7fELF no modinfo") is None
-
-
-def test_find_foreign_names_everything_but_ours(cuda_host):
-    found = foreign.find_foreign(cuda_host, PIN)
-    assert found.packages == tuple(FOREIGN)
-    assert found.dkms_versions == (OTHER,)
-    assert found.source_trees == (f"/usr/src/nvidia-{OTHER}",)
-    assert found.dkms_modules == (f"/lib/modules/{KERNEL}/updates/dkms/nvidia.ko",)
-    assert "packages cuda-drivers-535" in found.describe()
-    assert f"DKMS nvidia/{OTHER}" in found.describe()
+    return cuda_driver(root)
 
 
 def test_a_clean_host_has_none(root):
-    write(root, foreign.DPKG_STATUS, stanza("bash"))
-    assert not foreign.find_foreign(root, PIN)
+    write(root, DPKG_STATUS, stanza("bash"))
+    assert not find_foreign(root, PIN)
     runner = ok_runner()
     calls = []
     assert foreign.remove_foreign(root, runner, PIN, unload=lambda *a, **k: calls.append(a),
@@ -101,7 +39,7 @@ def test_unused_it_is_unloaded_purged_and_its_dkms_tree_removed(cuda_host):
 
     def purge(pkgs):
         purges.append(pkgs)
-        write(cuda_host, foreign.DPKG_STATUS, "\n".join(
+        write(cuda_host, DPKG_STATUS, "\n".join(
             s for s in STATUS.split("\n\n") if s.split("\n")[0][9:] not in pkgs))
 
     def unload(root, runner, *, want_version):
@@ -116,7 +54,7 @@ def test_unused_it_is_unloaded_purged_and_its_dkms_tree_removed(cuda_host):
     assert cuda_host.exists(f"/var/lib/dkms/nvidia/{PIN}/source")  # ours stays
     assert cuda_host.exists(f"/lib/modules/{KERNEL}/updates/dkms/nvidia-uvm.ko")
     assert ["depmod", "-a", KERNEL] in runner.calls
-    assert "libnvidia-container1" in cuda_host.read_text(foreign.DPKG_STATUS)
+    assert "libnvidia-container1" in cuda_host.read_text(DPKG_STATUS)
 
 
 def test_in_use_it_is_exit_6_naming_it_and_nothing_is_removed(cuda_host):
@@ -140,23 +78,26 @@ def test_what_apt_leaves_behind_is_exit_6(cuda_host):
 
 
 def test_an_aks_prebake_is_torn_down_like_agentbaker_does(root):
-    write(root, foreign.AKS_PREBAKE_MARKER, "")
+    write(root, AKS_PREBAKE_MARKER, "")
     write(root, "/usr/bin/lib64/libnvidia-ml.so.1", "")
     write(root, "/etc/ld.so.conf.d/nvidia.conf", "/usr/bin/lib64\n")
     write(root, "/var/lib/dkms/nvidia/550.144.03/source", "")
     runner = ok_runner()
     assert foreign.remove_foreign(root, runner, PIN, unload=lambda *a, **k: False,
                                   purge=lambda pkgs: pytest.fail("no packages to purge"))
-    for gone in ("/usr/bin/lib64", "/etc/ld.so.conf.d/nvidia.conf", foreign.AKS_PREBAKE_MARKER,
+    for gone in ("/usr/bin/lib64", "/etc/ld.so.conf.d/nvidia.conf", AKS_PREBAKE_MARKER,
                  "/var/lib/dkms/nvidia/550.144.03"):
         assert not root.exists(gone), gone
     assert ["ldconfig"] in runner.calls
 
 
-def test_a_dkms_tree_of_our_own_earlier_install_is_not_foreign(cuda_host):
-    found = foreign.find_foreign(cuda_host, "595.58.03", frozenset({PIN}))
-    assert found.dkms_versions == (OTHER,)  # 580.105.08 was ours: the installer replaces it
-    assert f"/lib/modules/{KERNEL}/updates/dkms/nvidia-uvm.ko" not in found.dkms_modules
+def test_removal_says_what_remove_foreign_would_do(cuda_host):
+    assert foreign.removal(find_foreign(cuda_host, PIN)) == (
+        "unload its module, apt-get purge its packages, remove its DKMS trees and modules "
+        "when unused, else exit 6 naming it and its users")
+    assert foreign.removal(ForeignDriver(aks_prebake=True)) == (
+        "unload its module, drop the AKS prebake's leftovers when unused, else exit 6 naming "
+        "it and its users")
 
 
 def apt_runner(simulated):
