@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import click
 import structlog
@@ -34,6 +35,9 @@ from agent.settings import (
 )
 from agent.signals import terminate_on_signals
 from agent.vgpu import HostVgpuFacts, host_vgpu_facts
+
+if TYPE_CHECKING:
+    from agent.install.outlook import BuildView
 
 log = structlog.get_logger(__name__)
 
@@ -66,13 +70,15 @@ def cli(ctx: click.Context, /, **flags: object) -> None:
     ctx.obj = settings
 
 
-def _print_detection(found: Detection, host: HostVgpuFacts, as_json: bool) -> None:
+def _print_detection(found: Detection, host: HostVgpuFacts, build: BuildView | None,
+                     as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({
             "target_node": found.is_target_node,
             "targets": [d.as_dict() for d in found.targets],
             "nvidia": [d.as_dict() for d in found.nvidia],
             **host.as_dict(),
+            **(build.as_dict() if build else {}),
         }, indent=2))
         return
     if not found.nvidia:
@@ -84,6 +90,8 @@ def _print_detection(found: Detection, host: HostVgpuFacts, as_json: bool) -> No
                    f"  driver {dev.driver or '-'}")
     if found.nvidia:
         click.echo(host.line())
+    for line in build.lines() if build else ():
+        click.echo(line)
 
 
 @cli.command("detect")
@@ -93,12 +101,16 @@ def detect_cmd(settings: Settings, as_json: bool) -> None:
     """Find the target GPU functions on this node (exit 0 found, 3 not a target)."""
     from agent.host.root import HostRoot
     from agent.host.udev import scan_pci
+    from agent.install.outlook import build_view
 
     found = detect(scan_pci(), settings.target_spec)
-    host = host_vgpu_facts(HostRoot(settings.host_root), settings.driver_version)
+    root = HostRoot(settings.host_root)
+    host = host_vgpu_facts(root, settings.driver_version)
+    # What install would decide about the build and another driver (a target node only).
+    build = build_view(settings, root) if found.is_target_node else None
     log.info("pci_detected", nvidia=len(found.nvidia), targets=[d.slot for d in found.targets],
              host_vgpu=host.host.version if host.host else None)
-    _print_detection(found, host, as_json)
+    _print_detection(found, host, build, as_json)
     if not found.is_target_node:
         wanted = ",".join(str(i) for i in settings.target_ids)
         raise NotATargetNode(

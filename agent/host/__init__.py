@@ -22,10 +22,12 @@ def host_root(settings: Settings) -> HostRoot:
     return HostRoot(path)
 
 
+def host_runner(settings: Settings) -> HostRunner:
+    """The HostRunner that settings describe (nsenter into host_pid, or direct)."""
+    return HostRunner(pid=settings.host_pid if settings.nsenter else None,
+                      timeout=settings.command_timeout)
+
+
 def open_doors(settings: Settings) -> tuple[HostRoot, HostRunner]:
     """The HostRoot and HostRunner that settings describe."""
-    runner = HostRunner(
-        pid=settings.host_pid if settings.nsenter else None,
-        timeout=settings.command_timeout,
-    )
-    return host_root(settings), runner
+    return host_root(settings), host_runner(settings)

@@ -112,6 +112,64 @@ def needed_cc(kernel: Compiler | None, host: Compiler | None) -> str | None:
     return kernel.gcc_command
 
 
+_GCC_NAME = re.compile(r"(?:^|-)gcc-(\d+)$")
+
+
+def gcc_named(name: str) -> Compiler | None:
+    """A gcc known by its file name (`x86_64-linux-gnu-gcc-11`, `gcc-12`); None without a
+    major in it. The host's `gcc` is a link chain to such a name on Debian and Ubuntu."""
+    found = _GCC_NAME.search(name)
+    return Compiler(name, "gcc", found.group(1), int(found.group(1))) if found else None
+
+
+@dataclass(frozen=True)
+class CompilerOutlook:
+    """What the build's compiler would be, from files alone (the dry run and `detect`)."""
+
+    kernel_release: str
+    kernel: Compiler | None  # CONFIG_CC_VERSION_TEXT of the build tree
+    host_gcc: bool  # a `gcc` on the host's PATH
+    host: Compiler | None  # that gcc as its links name it
+    cc: str | None  # needed_cc(kernel, host): the gcc-N the installer would get as CC
+    cc_present: bool  # that gcc-N is already installed
+
+    @property
+    def installs(self) -> bool:
+        """Would the install apt-get a compiler package (gcc-N) first."""
+        return self.cc is not None and not self.cc_present
+
+    def describe(self) -> str:
+        kernel = self.kernel
+        if kernel is None:
+            return (f"compiler: kernel {self.kernel_release} records none (no "
+                    "CONFIG_CC_VERSION_TEXT): the host's gcc")
+        built = f"kernel built by {kernel.text!r}"
+        if kernel.family != "gcc":
+            return f"compiler: {built}: kbuild's own default"
+        if not self.host_gcc:
+            return f"compiler: {built}; no gcc on the host: apt-get install gcc, then " \
+                   f"{kernel.gcc_command} if its default differs"
+        if self.host is None:
+            return f"compiler: {built}; the host's gcc names no version (the install " \
+                   f"asks `gcc --version`, and uses {kernel.gcc_command} if it differs)"
+        if self.cc is None:
+            return f"compiler: {built}; the host's gcc is {self.host.version}, the same"
+        how = "present" if self.cc_present else f"apt-get install {self.cc}"
+        return f"compiler: {built}; the host's gcc is {self.host.version}: CC={self.cc} ({how})"
+
+
+def compiler_outlook(root: HostRoot, kernel_release: str) -> CompilerOutlook:
+    """The kernel's compiler against the host's gcc, judged by needed_cc (files only)."""
+    kernel = kernel_compiler(root, kernel_release)
+    gcc = root.which("gcc")  # resolved through its links: the file kbuild's `gcc` runs
+    host = gcc_named(gcc.name) if gcc is not None else None
+    # Without a gcc to compare (none, or a name without its version), only the install's
+    # `gcc --version` can tell whether the kernel's gcc-N is needed.
+    cc = needed_cc(kernel, host) if host is not None else None
+    return CompilerOutlook(kernel_release, kernel, gcc is not None, host, cc,
+                           cc is not None and root.which(cc) is not None)
+
+
 def installer_env(cc: str | None) -> dict[str, str]:
     """What the installer's environment needs so every compile uses `cc` (module docstring)."""
     return {"CC": cc, "MAKEFLAGS": f"CC={cc}"} if cc else {}

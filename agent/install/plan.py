@@ -11,6 +11,7 @@ from agent.install import inplace, prebuild
 from agent.install import installer as inst
 from agent.install.cache import cached_path
 from agent.install.kit import Kit
+from agent.install.outlook import build_outlook
 from agent.install.pin import install_reason, nvidia_ko_built, resolve_pin
 from agent.install.pipeline import gate
 from agent.install.steps import STEPS, Facts, applies
@@ -30,13 +31,15 @@ class PlanItem:
 
 def read_facts(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit,
                targets: tuple[str, ...]) -> Facts:
-    """One read-only look: the same snapshot the fast path takes, and a few file reads."""
+    """One read-only look: the same snapshot the fast path takes, and file reads (no more
+    host processes: the compiler and a foreign driver are judged from files)."""
     pin = resolve_pin(settings, kit)
     snap = kit.snapshot(root, runner, kernel=True, handoff=True,
                         timeout=settings.command_timeout)
     kernel = snap.kernel_release or ""
     release = pin.release
     prebuilt = prebuild.built_for(root, pin, kernel)
+    compiler, foreign = build_outlook(root, kernel, pin.module_version, snap.record)
     return Facts(
         snapshot=snap, pin=pin, targets=targets,
         install_reason=install_reason(snap.record, pin, kernel, nvidia_ko_built(root, kernel),
@@ -51,6 +54,7 @@ def read_facts(settings: Settings, root: HostRoot, runner: HostRunner, kit: Kit,
             settings, root, runner, kit, pin).wanted(kernel)) if kernel else (),
         reboot_sentinel=settings.reboot_sentinel,
         drift=inplace.drift(root),
+        compiler=compiler, foreign=foreign,
     )
 
 

@@ -10,12 +10,15 @@ from pathlib import Path
 import structlog
 
 from agent.catalog import known_bad_kernel
+from agent.driver.foreign import ForeignDriver
 from agent.driver.snapshot import Snapshot
 from agent.errors import AgentError, InstallError
 from agent.host.paths import CACHE_DIR, GRIDD_CONF, RECORD
 from agent.install import inplace, moduletype, prebuild, upgrade
 from agent.install import installer as inst
+from agent.install.compiler import CompilerOutlook
 from agent.install.flow import Flow
+from agent.install.foreign import removal
 from agent.install.modules import DriverInUse, in_use_reasons
 from agent.install.pin import Pin, fast_path_refusal, install_reason, nvidia_ko_built
 from agent.install.verify import verify_snapshot
@@ -40,6 +43,8 @@ class Facts:
     pending_kernels: tuple[str, ...] = ()  # "release (why)" of kernels waiting for a prebuild
     reboot_sentinel: str = ""  # set: a busy old driver stages the upgrade instead of exit 6
     drift: Mapping[str, str] = field(default_factory=dict)  # inplace.drift: {step: why}
+    compiler: CompilerOutlook | None = None  # the build's compiler (None: kernel unknown)
+    foreign: ForeignDriver = field(default_factory=ForeignDriver)  # another NVIDIA driver
 
     @property
     def kernel_release(self) -> str:
@@ -72,8 +77,11 @@ class Step:
 def look_fast_path(facts: Facts) -> Look:
     why = facts.fast_refusal
     if why is None:
+        # The fast path never removes anything; `check` warns about a foreign driver.
+        other = (f"; another NVIDIA driver ({facts.foreign.describe()}) is left alone"
+                 if facts.foreign else "")
         return Look(False, f"{facts.pin.release.version} loaded, recorded and working: "
-                           "only (re)publish")
+                           f"only (re)publish{other}")
     return Look(False, f"not taken: {why}")
 
 
@@ -143,8 +151,14 @@ def act_download(flow: Flow) -> bool:
 
 
 def look_packages(facts: Facts) -> Look:
-    return Look(not facts.headers, f"linux-headers-{facts.kernel_release} "
-                                   f"{'present' if facts.headers else 'missing: apt-get install'}")
+    why = (f"linux-headers-{facts.kernel_release} "
+           f"{'present' if facts.headers else 'missing: apt-get install'}")
+    outlook = facts.compiler
+    if facts.install_reason is None or outlook is None:
+        return Look(not facts.headers, why)  # nothing to build: no compiler chosen
+    if not facts.headers:
+        return Look(True, f"{why}; compiler: the one their .config names")
+    return Look(outlook.installs, f"{why}; {outlook.describe()}")
 
 
 def act_packages(flow: Flow) -> bool:
@@ -162,14 +176,17 @@ def act_packages(flow: Flow) -> bool:
 def look_stale_unload(facts: Facts) -> Look:
     state = facts.snapshot.modules
     rebuild = facts.install_reason is not None
+    other = (f"another NVIDIA driver ({facts.foreign.describe()}): {removal(facts.foreign)}"
+             if facts.foreign else "")
     if not state.loaded or (state.version == facts.pin.module_version and not rebuild):
-        return Look(False, "no NVIDIA module in the installer's way")
+        return Look(bool(other), other or "no NVIDIA module in the installer's way")
     users = f"refcnt {state.refcnt}" + (f", holders {', '.join(state.holders)}"
                                         if state.holders else "")
     sentinel = facts.reboot_sentinel
     busy = (f"else stage the upgrade ({sentinel} for the reboot coordinator) and wait"
             if sentinel else "else reboot required")
-    return Look(True, f"driver {state.version} is loaded ({users}): unload if unused, {busy}")
+    return Look(True, f"driver {state.version} is loaded ({users}): unload if unused, {busy}"
+                + (f"; {other}" if other else ""))
 
 
 def act_stale_unload(flow: Flow) -> bool:

@@ -132,3 +132,55 @@ def test_no_record_in_the_build_tree_changes_nothing(tmp_path):
     runner = gcc_host(GCC11)
     choice = cc.ensure_kernel_compiler(HostRoot(tmp_path), runner, RELEASE, install=list)
     assert choice.cc is None and runner.calls == []
+
+
+def link_gcc(root, *chain):
+    """/usr/bin/gcc -> chain[0] -> ... -> a regular executable named chain[-1]."""
+    add_command(root, chain[-1])
+    for name, target in zip(("gcc", *chain), chain, strict=False):
+        root.path(f"/usr/bin/{name}").symlink_to(target)
+
+
+@pytest.mark.parametrize(("name", "major"), [
+    ("x86_64-linux-gnu-gcc-11", 11), ("gcc-12", 12), ("aarch64-linux-gnu-gcc-13", 13),
+    ("gcc", None), ("x86_64-linux-gnu-gcc", None), ("clang-14", None)])
+def test_gcc_named(name, major):
+    found = cc.gcc_named(name)
+    assert (found.major if found else None) == major
+
+
+def test_outlook_the_kernels_gcc_missing_from_a_gcc_11_host(root):
+    link_gcc(root, "gcc-11", "x86_64-linux-gnu-gcc-11")  # Ubuntu 22.04's links
+    seen = cc.compiler_outlook(root, RELEASE)
+    assert (seen.cc, seen.cc_present, seen.installs) == ("gcc-12", False, True)
+    assert seen.describe() == ("compiler: kernel built by 'gcc-12 (Debian 12.2.0-14+deb12u1) "
+                               "12.2.0'; the host's gcc is 11: CC=gcc-12 (apt-get install gcc-12)")
+    add_command(root, "gcc-12")
+    seen = cc.compiler_outlook(root, RELEASE)
+    assert (seen.cc, seen.installs) == ("gcc-12", False)
+    assert seen.describe().endswith("CC=gcc-12 (present)")
+
+
+def test_outlook_the_hosts_own_gcc_is_the_kernels(root):
+    link_gcc(root, "gcc-12", "x86_64-linux-gnu-gcc-12")
+    seen = cc.compiler_outlook(root, RELEASE)
+    assert (seen.cc, seen.installs) == (None, False)
+    assert seen.describe().endswith("the host's gcc is 12, the same")
+
+
+@pytest.mark.parametrize(("setup", "says"), [
+    (lambda root: None, "no gcc on the host: apt-get install gcc, then gcc-12 if its default"),
+    (lambda root: add_command(root, "gcc"), "names no version (the install asks `gcc --version`"),
+])
+def test_outlook_without_a_gcc_to_compare_decides_nothing(root, setup, says):
+    setup(root)
+    seen = cc.compiler_outlook(root, RELEASE)
+    assert (seen.cc, seen.installs) == (None, False) and says in seen.describe()
+
+
+def test_outlook_of_a_kernel_without_a_record(root):
+    link_gcc(root, "gcc-11")
+    root.path(f"/usr/src/linux-headers-{RELEASE}/.config").write_text("CONFIG_CC_IS_GCC=y\n")
+    seen = cc.compiler_outlook(root, RELEASE)
+    assert seen.cc is None and "records none" in seen.describe()
+

@@ -118,3 +118,79 @@ def test_the_download_line_shows_no_secret(node):
     text = format_plan(list(plan(node).values()))
     assert "https://***@mirror.example/d/x.run?***" in text
     assert "hunter2" not in text and "SASSECRET" not in text
+
+
+GCC12 = 'CONFIG_CC_VERSION_TEXT="gcc-12 (Ubuntu 12.3.0-1ubuntu1~22.04) 12.3.0"\n'
+
+
+def put(root, host_path, text="", mode=0o755):
+    path = root.path(host_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def ubuntu_22_04_gcc(node):
+    """An HWE kernel built by gcc-12 on a host whose gcc is 11 (Ubuntu 22.04's links)."""
+    put(node.root, f"/usr/src/linux-headers-{node.kernel}/.config", GCC12, 0o644)
+    put(node.root, "/usr/bin/x86_64-linux-gnu-gcc-11", "#!/bin/sh\n")
+    node.root.path("/usr/bin/gcc-11").symlink_to("x86_64-linux-gnu-gcc-11")
+    node.root.path("/usr/bin/gcc").symlink_to("gcc-11")
+
+
+def test_packages_names_the_kernels_compiler_and_its_install(node):
+    ubuntu_22_04_gcc(node)
+    item = plan(node)["packages"]
+    assert item.acts
+    assert item.why == (f"linux-headers-{node.kernel} present; compiler: kernel built by "
+                        "'gcc-12 (Ubuntu 12.3.0-1ubuntu1~22.04) 12.3.0'; the host's gcc is 11: "
+                        "CC=gcc-12 (apt-get install gcc-12)")
+    put(node.root, "/usr/bin/gcc-12", "#!/bin/sh\n")
+    item = plan(node)["packages"]
+    assert not item.acts and item.why.endswith("CC=gcc-12 (present)")
+    assert node.calls == [("snapshot", "kernel")] * 2  # no process: files only
+    assert not node.root.path("/var/lib/grid-agent").exists()
+
+
+def test_no_build_no_compiler(node):
+    ubuntu_22_04_gcc(node)
+    pipeline.install(settings(), node.root, object(), node.kit())
+    node.reboot(autoload=False)  # built for this kernel, not loaded: no fast path, no build
+    item = plan(node)["packages"]
+    assert item.why == f"linux-headers-{node.kernel} present" and not item.acts
+
+
+def cuda_driver(node, version="535.183.01"):
+    status = "".join(f"Package: {p}\nStatus: install ok installed\nVersion: {version}-0ubuntu1\n\n"
+                     for p in ("nvidia-driver-535", "libnvidia-container1"))
+    put(node.root, "/var/lib/dpkg/status", status, 0o644)
+    put(node.root, f"/var/lib/dkms/nvidia/{version}/source", "", 0o644)
+
+
+def test_a_foreign_driver_is_named_with_what_install_would_do(node):
+    cuda_driver(node)
+    item = plan(node)["stale_unload"]
+    assert item.acts
+    assert item.why == ("another NVIDIA driver (packages nvidia-driver-535; DKMS "
+                        "nvidia/535.183.01): unload its module, apt-get purge its packages, "
+                        "remove its DKMS trees and modules when unused, else exit 6 naming it "
+                        "and its users")
+    node.state = loaded("535.183.01", "proprietary", 1, ("nvidia_uvm",))
+    item = plan(node)["stale_unload"]
+    assert item.why.startswith("driver 535.183.01 is loaded (refcnt 1, holders nvidia_uvm)")
+    assert item.why.endswith("; another NVIDIA driver (packages nvidia-driver-535; DKMS "
+                             "nvidia/535.183.01): unload its module, apt-get purge its packages, "
+                             "remove its DKMS trees and modules when unused, else exit 6 naming "
+                             "it and its users")
+    assert node.root.path("/var/lib/dkms/nvidia/535.183.01/source").exists()
+
+
+def test_the_fast_path_leaves_a_foreign_driver_alone_and_says_so(node):
+    pipeline.install(settings(), node.root, object(), node.kit())
+    cuda_driver(node)
+    items = plan(node)
+    assert "stale_unload" not in items
+    assert items["fast_path"].why.endswith("only (re)publish; another NVIDIA driver (packages "
+                                           "nvidia-driver-535; DKMS nvidia/535.183.01) is left "
+                                           "alone")
+
