@@ -180,6 +180,20 @@ def check_prebuild(obs: Observation, cfg: HealthConfig) -> CheckResult:
     return _r("prebuild", OK, "no other kernel to prebuild for")
 
 
+def check_foreign_driver(obs: Observation, cfg: HealthConfig) -> CheckResult:
+    """Another NVIDIA driver warns: the fast path leaves it (only a full install removes it)."""
+    found = obs.foreign
+    if found is None:
+        return _r("foreign_driver", SKIP, "not looked at")
+    if not found:
+        return _r("foreign_driver", OK, "no other NVIDIA driver installed")
+    return _r("foreign_driver", WARN, f"another NVIDIA driver is installed ({found.describe()}): "
+              "its DKMS build can replace the GRID modules at a kernel update; remove it on "
+              "the node (apt-get purge, dkms remove), the install's fast path leaves it",
+              packages=list(found.packages), dkms_versions=list(found.dkms_versions),
+              modules=list(found.dkms_modules), aks_prebake=found.aks_prebake)
+
+
 def check_host_branch(obs: Observation, cfg: HealthConfig) -> CheckResult:
     level, why = judge_guest(cfg.module_version, obs.host_vgpu)
     if level == UNKNOWN:
@@ -204,7 +218,7 @@ def check_handoff(obs: Observation, cfg: HealthConfig) -> CheckResult:
 CHECKS: tuple[Callable[[Observation, HealthConfig], CheckResult], ...] = (
     check_driver_loaded, check_module_type, check_nvidia_smi, check_gpus, check_virtualization,
     check_profile, check_license, check_mig, check_gridd, check_persistence, check_graphics,
-    check_kernel, check_prebuild, check_host_branch, check_handoff,
+    check_kernel, check_prebuild, check_foreign_driver, check_host_branch, check_handoff,
 )
 
 

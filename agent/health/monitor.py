@@ -43,7 +43,8 @@ class Health:
     def observe(self) -> Observation:
         targets = target_slots(self.scan_pci, self.spec)
         obs = observe(self.root, self.runner, targets=targets,
-                      command_timeout=self.command_timeout, at=self.clock.now())
+                      command_timeout=self.command_timeout, at=self.clock.now(),
+                      pin_version=self.config.module_version)
         report = obs.smi.report if obs.smi else None
         statuses = {g.pci_bus_id: g.license_status for g in report.gpus} if report else {}
         return replace(obs, leases=self.leases.update(statuses, obs.at))

@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 
+from agent.driver.foreign import ForeignDriver, find_foreign, ours_of
 from agent.driver.license import LeaseSeen, classify_license
 from agent.driver.nvsmi import GpuReport, SmiOutcome
 from agent.driver.profile import parse_vgpu_type
@@ -47,6 +48,7 @@ class Observation:
     host_vgpu: HostVgpu | None = None  # the hypervisor's vGPU manager (PCI config space)
     host_vgpu_unknown: str = ""  # why it is unknown (no capability, unreadable): a fact
     prebuilds: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # state.json prebuilds
+    foreign: ForeignDriver | None = None  # another NVIDIA driver installation; None: not looked
 
     @property
     def module(self) -> ModuleState:
@@ -74,7 +76,7 @@ def target_slots(scan_pci: Callable[[], Sequence[PciDevice]], spec: TargetSpec) 
 
 
 def observe(root: HostRoot, runner: HostRunner, *, targets: tuple[str, ...],
-            command_timeout: float, at: datetime) -> Observation:
+            command_timeout: float, at: datetime, pin_version: str) -> Observation:
     """Read the node; on a non-target node nothing is run (targets empty)."""
     applicable = bool(targets)
     host_vgpu, host_why = read_host_vgpu(root) if applicable else (None, "")
@@ -96,6 +98,8 @@ def observe(root: HostRoot, runner: HostRunner, *, targets: tuple[str, ...],
         host_vgpu=host_vgpu,
         host_vgpu_unknown=host_why,
         prebuilds=snapshot.prebuilds,
+        # Files only: the fast path never removes another driver, so watch names it.
+        foreign=find_foreign(root, pin_version, ours_of(snapshot.record)) if applicable else None,
     )
 
 
@@ -128,6 +132,7 @@ def describe(obs: Observation) -> dict[str, Any]:
             "version": rec.version, "outcome": rec.outcome, "exit_code": rec.exit_code,
             "duration_seconds": rec.duration_seconds, "finished_at": rec.finished_at,
             "module_type": rec.module_type},
+        "foreign_driver": obs.foreign.describe() if obs.foreign else None,
         "prebuilds": {release: {"outcome": entry["outcome"],
                                 "finished_at": entry.get("finished_at"),
                                 "error": entry.get("error")}

@@ -8,7 +8,9 @@ import pytest
 
 from agent.health.checks import driver_healthy
 from agent.health.verdict import DEGRADED, HEALTHY, NOT_APPLICABLE, UNHEALTHY
+from agent.host.root import HostRoot
 from tests.fakes.clock import FakeClock
+from tests.fakes.foreign import KERNEL, cuda_driver
 from tests.fakes.pci import H100, TARGET
 from tests.fakes.pci_config import config_space, host_record
 from tests.fakes.smi import fixture
@@ -38,7 +40,7 @@ def test_healthy_node(node):
         "driver_loaded": "ok", "module_type": "ok", "nvidia_smi": "ok", "gpus": "ok",
         "virtualization": "ok", "profile": "ok", "license": "ok", "mig": "ok", "gridd": "ok",
         "persistence": "ok", "graphics": "ok", "kernel": "skip", "prebuild": "ok",
-        "host_branch": "skip", "handoff": "ok"}
+        "foreign_driver": "ok", "host_branch": "skip", "handoff": "ok"}
     assert driver_healthy(verdict.checks)
     assert verdict.facts["driver_version"] == "580.105.08"
     gpu = verdict.facts["gpus"][0]
@@ -356,3 +358,19 @@ def test_a_failed_prebuild_warns_and_a_built_one_is_named(node):
     state_, reason = status(verdict, "prebuild")
     assert state_ == "warn" and "6.8.0-1021-azure failed: gcc-13: not found" in reason
     assert verdict.ready  # a warning: the running driver is fine
+
+
+def test_another_nvidia_driver_warns_and_stays(node):
+    root, host = node
+    assert status(verdict_of(node), "foreign_driver") == ("ok", "no other NVIDIA driver installed")
+    processes = len(host.calls)
+    hr = cuda_driver(HostRoot(root), KERNEL)
+    verdict = verdict_of(node)
+    assert len(host.calls) == 2 * processes  # found by files: no host process more
+    assert verdict.state == DEGRADED and verdict.ready
+    state_, reason = status(verdict, "foreign_driver")
+    assert state_ == "warn"
+    assert reason.startswith("another NVIDIA driver is installed (packages cuda-drivers-535, ")
+    assert "DKMS nvidia/535.183.01" in reason and "the install's fast path leaves it" in reason
+    assert verdict.facts["foreign_driver"].startswith("packages cuda-drivers-535")
+    assert hr.exists("/var/lib/dkms/nvidia/535.183.01/source")  # a check removes nothing
