@@ -11,6 +11,7 @@ warn about it, since the fast path never removes anything.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -111,6 +112,23 @@ def ko_file_version(path: Path) -> str | None:
             carry = window[-_OVERLAP:]
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_version(path: str, _mtime_ns: int, _size: int, _ino: int) -> str | None:
+    return ko_file_version(Path(path))
+
+
+def _module_version(root: HostRoot, ko: Path, release: str) -> str | None:
+    """A module's version; a compressed one's (`.ko.zst`, as Ubuntu 24.04's DKMS leaves
+    them) is that of the one DKMS tree built for `release`, since its .modinfo is not
+    readable without decompressing tens of MB every watch cycle."""
+    if ko.suffix != ".ko":
+        built = [v for v in _dirs(root, DKMS_TREE)
+                 if root.path(f"{DKMS_TREE}/{v}/{release}").is_dir()]
+        return built[0] if len(built) == 1 else None
+    st = ko.stat()  # a file read once per change, not once per watch cycle
+    return _cached_version(str(ko), st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 def _dirs(root: HostRoot, host_dir: str) -> list[str]:
     try:
         return sorted(p.name for p in root.path(host_dir).iterdir() if p.is_dir())
@@ -134,7 +152,7 @@ def find_foreign(root: HostRoot, pin_version: str,
         updates = root.path(f"/lib/modules/{release}/updates")
         for ko in sorted(updates.rglob("nvidia*.ko*")) if updates.is_dir() else ():
             try:
-                version = ko_file_version(ko)
+                version = _module_version(root, ko, release)
             except OSError:
                 continue
             if version not in ours:

@@ -60,3 +60,24 @@ def test_ko_file_version_across_chunks(tmp_path, at):
     assert foreign.ko_file_version(path) == OTHER
     path.write_bytes(b"\x01" * (2 << 20))
     assert foreign.ko_file_version(path) is None
+
+
+def test_a_compressed_module_is_attributed_to_the_dkms_tree_built_for_its_kernel(root):
+    # Ubuntu 24.04's DKMS compresses what it builds (.ko.zst): its .modinfo is not readable
+    # as is, so the DKMS tree with a build for that kernel says whose it is.
+    write(root, foreign.DPKG_STATUS, stanza("bash"))
+    write(root, f"/var/lib/dkms/nvidia/{PIN}/source", "")
+    write(root, f"/var/lib/dkms/nvidia/{PIN}/{KERNEL}/x86_64/module/nvidia.ko.zst", b"(zstd)")
+    write(root, f"/lib/modules/{KERNEL}/updates/dkms/nvidia.ko.zst", b"(zstd)")
+    assert not foreign.find_foreign(root, PIN)  # ours, from a GRID --dkms install
+    write(root, "/lib/modules/6.8.0-99-azure/updates/dkms/nvidia.ko.zst", b"(zstd)")
+    found = foreign.find_foreign(root, PIN)  # no DKMS build for that kernel: not ours
+    assert found.dkms_modules == ("/lib/modules/6.8.0-99-azure/updates/dkms/nvidia.ko.zst",)
+
+
+def test_a_module_rewritten_in_place_is_read_again(root):
+    path = f"/lib/modules/{KERNEL}/updates/dkms/nvidia.ko"
+    write(root, path, ko(PIN))
+    assert not foreign.find_foreign(root, PIN).dkms_modules
+    write(root, path, ko(OTHER) + b"longer")  # a new build: new size and mtime
+    assert foreign.find_foreign(root, PIN).dkms_modules == (path,)
