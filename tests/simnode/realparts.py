@@ -1,9 +1,11 @@
-"""NVIDIA's real parts from Debian's non-free archive, for the simulated node (issue 13, 9).
+"""NVIDIA's real parts from Debian's archive, for the simulated node (issue 13, 9).
 
 Debian bookworm's `non-free` component carries NVIDIA's own `nvidia-smi` and
 `libnvidia-ml1` (535.261.03) and `nvidia-kernel-source` (the real kernel interface
-sources and conftest of that release). `scripts/setup` adds the component and downloads
-the packages with `apt-get download` (apt checks them against Debian's signed
+sources and conftest of that release); its `contrib` component carries
+`nvidia-open-kernel-source` (the open kernel modules of the same release, laid out as
+the .run's `kernel-open/`). `scripts/setup` adds both components and downloads the
+packages with `apt-get download` (apt checks them against Debian's signed
 indexes) into DEBS; nothing of them is ever installed on this machine. They are
 unpacked with `dpkg-deb -x` into a cache and copied into a simulated host only.
 """
@@ -18,10 +20,11 @@ from pathlib import Path
 
 DEBS = Path(os.environ.get("GRID_SIM_DEBS", "/var/cache/grid-sim/debs"))
 UNPACKED = DEBS / "unpacked"
-PACKAGES = ("nvidia-smi", "libnvidia-ml1", "nvidia-kernel-source")
+PACKAGES = ("nvidia-smi", "libnvidia-ml1", "nvidia-kernel-source", "nvidia-open-kernel-source")
 SMI = "usr/lib/nvidia/current/nvidia-smi"
 NVML = "usr/lib/x86_64-linux-gnu/nvidia/current"
 KERNEL_TARBALL = "usr/src/nvidia-kernel.tar.xz"
+OPEN_KERNEL_TARBALL = "usr/src/nvidia-open-kernel.tar.xz"
 # Where the node gets them: where a driver's nvidia-smi and libnvidia-ml.so.1 live.
 NODE_SMI = "/usr/bin/nvidia-smi"
 NODE_LIBDIR = "/usr/lib/x86_64-linux-gnu"
@@ -36,8 +39,9 @@ def deb(package: str) -> Path | None:
     return found[-1] if found else None
 
 
-def missing() -> list[str]:
-    return [p for p in PACKAGES if deb(p) is None]
+def missing(*packages: str) -> list[str]:
+    """Which of `packages` (default: all PACKAGES) are not downloaded."""
+    return [p for p in packages or PACKAGES if deb(p) is None]
 
 
 def unpacked(package: str) -> Path:
@@ -75,18 +79,34 @@ def put_real_smi(node, *, with_nvml: bool = True) -> None:
     link.symlink_to(lib)
 
 
+def _tree(package: str, tarball: str, name: str) -> Path:
+    """The `modules/<name>` tree of a package's source tarball, unpacked once."""
+    dest = UNPACKED / f"{name}-tree"
+    tree = dest / "modules" / name
+    if not (tree / "conftest.sh").exists():
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        subprocess.run(["tar", "-xJf", str(unpacked(package) / tarball), "-C", str(dest)],
+                       check=True)
+    return tree
+
+
 def kernel_tree() -> Path:
     """NVIDIA's real kernel interface sources (nvidia-kernel-source's tarball), unpacked once:
     the tree nvidia-installer builds (Makefile, Kbuild, conftest.sh, nvidia*/, the
     nv-kernel.o_binary core)."""
-    dest = UNPACKED / "nvidia-kernel-tree"
-    tree = dest / "modules" / "nvidia-kernel"
-    if not (tree / "conftest.sh").exists():
-        tarball = unpacked("nvidia-kernel-source") / KERNEL_TARBALL
-        shutil.rmtree(dest, ignore_errors=True)
-        dest.mkdir(parents=True)
-        subprocess.run(["tar", "-xJf", str(tarball), "-C", str(dest)], check=True)
-    return tree
+    return _tree("nvidia-kernel-source", KERNEL_TARBALL, "nvidia-kernel")
+
+
+def open_kernel_tree() -> Path:
+    """NVIDIA's real open kernel modules (nvidia-open-kernel-source's tarball), unpacked once.
+
+    Laid out as the .run's `kernel-open/`: Makefile, Kbuild, conftest.sh, the Dual MIT/GPL
+    interface sources and the prebuilt nv-kernel.o_binary and nv-modeset-kernel.o_binary
+    cores (Debian builds them from open-gpu-kernel-modules' src/, as NVIDIA does), not the
+    whole src/ tree.
+    """
+    return _tree("nvidia-open-kernel-source", OPEN_KERNEL_TARBALL, "nvidia-open-kernel")
 
 
 def source_version(tree: Path) -> str:

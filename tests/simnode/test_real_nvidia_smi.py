@@ -18,10 +18,11 @@ from agent.host.runner import HostRunner
 from tests.fakes.smi import fixture
 from tests.simnode import realparts
 
+SMI_PACKAGES = ("nvidia-smi", "libnvidia-ml1")
 pytestmark = [
     pytest.mark.simnode,
-    pytest.mark.skipif(bool(realparts.missing()),
-                       reason=f"Debian non-free packages {realparts.missing()} not in "
+    pytest.mark.skipif(bool(realparts.missing(*SMI_PACKAGES)),
+                       reason=f"Debian non-free packages {realparts.missing(*SMI_PACKAGES)} not in "
                               f"{realparts.DEBS}: run scripts/setup"),
 ]
 
