@@ -122,7 +122,7 @@ def _module_version(root: HostRoot, ko: Path, release: str) -> str | None:
     them) is that of the one DKMS tree built for `release`, since its .modinfo is not
     readable without decompressing tens of MB every watch cycle."""
     if ko.suffix != ".ko":
-        built = [v for v in _dirs(root, DKMS_TREE)
+        built = [v for v in dkms_versions(root)
                  if root.path(f"{DKMS_TREE}/{v}/{release}").is_dir()]
         return built[0] if len(built) == 1 else None
     st = ko.stat()  # a file read once per change, not once per watch cycle
@@ -136,6 +136,18 @@ def _dirs(root: HostRoot, host_dir: str) -> list[str]:
         return []
 
 
+def dkms_versions(root: HostRoot) -> list[str]:
+    """The versions of DKMS's `nvidia` module, as `dkms status` lists them: not its
+    active links (kernel-<release>-<arch> -> <version>/<release>/<arch>) nor the
+    original_module it keeps for uninstall (list_module_version_combos in dkms)."""
+    try:
+        entries = sorted(root.path(DKMS_TREE).iterdir())
+    except OSError:
+        return []
+    return [p.name for p in entries if p.is_dir() and not p.is_symlink()
+            and p.name != "original_module"]
+
+
 def find_foreign(root: HostRoot, pin_version: str,
                  ours: frozenset[str] = frozenset()) -> ForeignDriver:
     """Another NVIDIA driver's packages, DKMS trees and modules (files only, no process).
@@ -144,7 +156,7 @@ def find_foreign(root: HostRoot, pin_version: str,
     trees belong to a .run install, which nvidia-installer replaces by itself."""
     ours = ours | {pin_version}
     packages = driver_packages(root.read_text(DPKG_STATUS, "") or "")
-    dkms = [v for v in _dirs(root, DKMS_TREE) if v not in ours]
+    dkms = [v for v in dkms_versions(root) if v not in ours]
     trees = [f"/usr/src/{name}" for name in _dirs(root, "/usr/src")
              if (m := _TREE_VERSION.match(name)) and m.group(1) not in ours]
     modules = []

@@ -41,6 +41,17 @@ def test_a_dkms_tree_of_our_own_earlier_install_is_not_foreign(root):
     assert f"/lib/modules/{KERNEL}/updates/dkms/nvidia-uvm.ko" not in found.dkms_modules
 
 
+def test_dkms_active_links_and_kept_originals_are_no_version(root):
+    """What `dkms install` leaves next to the versions (dkms.in do_install): the link
+    kernel-<release>-<arch> to <version>/<release>/<arch>, original_module/."""
+    tree = root.path(foreign.DKMS_TREE)
+    (tree / PIN / KERNEL / "x86_64/module").mkdir(parents=True)
+    (tree / f"kernel-{KERNEL}-x86_64").symlink_to(f"{PIN}/{KERNEL}/x86_64")
+    (tree / "original_module" / KERNEL / "x86_64").mkdir(parents=True)
+    assert foreign.dkms_versions(root) == [PIN]
+    assert not foreign.find_foreign(root, PIN).dkms_versions
+
+
 def test_ours_is_the_recorded_version(root):
     record = InstallRecord("580.105.08-grid-azure", PIN, KERNEL, "open", "0" * 64, "installed",
                            0, 1.0, "2026-01-01T00:00:00Z")
