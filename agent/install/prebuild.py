@@ -130,6 +130,11 @@ def prebuild_log(release: str) -> str:
     return f"/var/log/nvidia-installer-{release}.log"
 
 
+def dkms_log(module_version: str) -> str:
+    """Where DKMS leaves a failed build's log (dkms.in do_build: build/make.log)."""
+    return f"/var/lib/dkms/nvidia/{module_version}/build/make.log"
+
+
 def dkms_registered(root: HostRoot, module_version: str) -> bool:
     return (root.which("dkms") is not None
             and root.exists(f"/usr/src/nvidia-{module_version}/dkms.conf"))
@@ -256,12 +261,14 @@ class Prebuilder:
                 if own_log is not None:  # written privately, published by rename
                     inst.publish_log(self.root, own_log, prebuild_log(release))
         except HostCommandError as exc:
+            # Only the installer writes that log: for `dkms install` an older one is stale.
             text = (self.root.read_nofollow(prebuild_log(release), limit=inst.MAX_LOG_BYTES)
-                    or b"").decode(errors="replace")
+                    or b"").decode(errors="replace") if own_log is not None else ""
             errors = inst.error_lines(text) or inst.error_lines(exc.stdout + "\n" + exc.stderr)
             why = " | ".join(errors) or exc.message
             failed = inst.InstallerFailed(f"prebuild for kernel {release} failed: {why}", errors)
-            failed.remedy = f"see {prebuild_log(release)} on the node"
+            where = prebuild_log(release) if own_log else dkms_log(self.pin.module_version)
+            failed.remedy = f"see {where} on the node"
             raise failed from exc
 
     def run_pending(self, running: str, *, limit: int | None = None) -> list[str]:

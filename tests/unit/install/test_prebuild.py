@@ -73,6 +73,22 @@ def test_a_failed_build_is_recorded_never_raised_and_not_retried_at_once(node, f
     assert builder(node).run_pending(node.kernel) == []  # backoff: not every cycle
 
 
+def test_a_failed_dkms_build_names_dkms_not_an_older_installer_log(node, fp):
+    # An installer-path attempt for this kernel left its log; DKMS writes make.log instead.
+    old = node.root.path(f"/var/log/nvidia-installer-{NEXT}.log")
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_text("ERROR: an older attempt's installer error\n")
+    dkms_host(node)
+    fp.register(DKMS, returncode=10, stderr="\nError! Bad return status for module build on "
+                "kernel: 6.8.0-1021-azure (x86_64)\nConsult the make.log.")
+    with capture_logs() as logs:
+        builder(node).run_pending(node.kernel)
+    entry = read_prebuilds(node.root)[NEXT]
+    assert "Bad return status" in entry["error"] and "older attempt" not in entry["error"]
+    failed = next(e for e in logs if e["event"] == "prebuild_failed")
+    assert f"/var/lib/dkms/nvidia/{MODVER}/build/make.log" in failed["error"]
+
+
 def test_modules_already_on_disk_count_as_built_without_a_build(node):
     modules_built(node)  # DKMS's kernel hook did it, or a killed run got that far
     assert builder(node).run_pending(node.kernel) == [NEXT]
