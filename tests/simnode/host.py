@@ -33,7 +33,7 @@ SCENARIO_FILE = "/etc/grid-sim/scenarios"
 SCENARIOS = (
     "healthy", "unlicensed", "wrong-profile", "mig-disabled", "requires-open", "secure-boot",
     "requires-open-loads", "recommend-unavailable", "host-gcc-11", "foreign-cuda-driver",
-    "proprietary-gpu",
+    "proprietary-gpu", "dkms",
     "nouveau-loaded", "headers-missing", "apt-offline", "dpkg-locked", "module-in-use",
     "smi-exit-14", "installer-error", "old-driver-loaded", "no-gridd-unit",
     "installer-slow",

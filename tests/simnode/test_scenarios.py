@@ -50,7 +50,7 @@ def test_every_contract_scenario_is_known():
     assert contract <= set(SCENARIOS)
     assert set(SCENARIOS) - contract == {"requires-open-loads", "recommend-unavailable",
                                          "host-gcc-11", "foreign-cuda-driver", "installer-slow",
-                                         "proprietary-gpu"}
+                                         "proprietary-gpu", "dkms"}
 
 
 def test_healthy_reports_a_licensed_vgpu_with_mig(driven):
@@ -256,3 +256,28 @@ def test_dkms_is_absent_until_apt_installs_it(simnode, fake_run):
     simnode.exec(["apt-get", "-y", "install", "dkms"])
     simnode.exec(["sh", RUN, "--silent", "--dkms", "-M", "open"])
     assert simnode.path("/usr/src/nvidia-580.105.08/Kbuild").exists()
+
+
+def test_dkms_builds_the_registered_source_with_a_real_kbuild(simnode, fake_run):
+    """Scenario dkms: `--dkms` leaves a real DKMS registration (dkmssim.py, after dkms.in)."""
+    simnode.set_scenarios("healthy", "dkms")
+    simnode.path(RUN).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(fake_run, simnode.path(RUN))
+    simnode.exec(["sh", RUN, "--silent", "--dkms", "-M", "open"])
+    rel, mod = simnode.kernel_release, "nvidia/580.105.08"
+    dkms = lambda *a: simnode.exec(["dkms", *a], check=False)  # noqa: E731
+    assert dkms("status").stdout == f"{mod}, {rel}, x86_64: installed\n"
+    ko = f"/lib/modules/{rel}/updates/dkms/nvidia.ko"
+    assert simnode.exec(["modinfo", "-F", "vermagic", ko]).stdout.split()[0] == rel
+    assert simnode.path(f"/var/lib/dkms/nvidia/580.105.08/{rel}/x86_64/module/nvidia.ko").exists()
+    assert simnode.path(f"/var/lib/dkms/nvidia/kernel-{rel}-x86_64").is_symlink()
+    assert not simnode.path(f"/lib/modules/{rel}/kernel/drivers/video/nvidia.ko").exists()
+    again = dkms("add", mod)
+    assert again.returncode == 3 and f"DKMS tree already contains: {mod}" in again.stderr
+    assert dkms("install", mod, "-k", rel).returncode == 5
+    simnode.exec(["mkdir", "-p", "/lib/modules/9.9.9-none"])
+    none = dkms("install", mod, "-k", "9.9.9-none")
+    assert none.returncode == 21 and "Your kernel headers for kernel 9.9.9-none cannot be " \
+        "found at /lib/modules/9.9.9-none/build or /lib/modules/9.9.9-none/source." in none.stderr
+    assert dkms("remove", mod, "--all").returncode == 0
+    assert dkms("status").stdout == "" and not simnode.path(ko).exists()

@@ -23,7 +23,7 @@ STASH = Path("/usr/lib/grid-sim-stash")  # on /usr: a rename, not a copy
 # stash and put back when the scenario goes).
 OLD_GCC = {"gcc": "gcc-11", "x86_64-linux-gnu-gcc": "gcc-11"}
 PACKAGE_FILES = {"gcc-12": ("gcc-12", "x86_64-linux-gnu-gcc-12")}
-STRIPPED = Path("/var/lib/grid-sim/kernelvariables-ubuntu")
+STRIPPED = Path("/var/lib/grid-sim")  # kernelvariables-ubuntu-<release>: per kernel
 
 
 def kernelvariables(release: str) -> Path:
@@ -67,21 +67,24 @@ def _remove(package: str) -> None:
             path.rename(STASH / name)
 
 
-def _hide_pin(release: str) -> None:
+def hide_pin(release: str) -> None:
+    """Ubuntu's headers have no compiler pin: hidden for every kernel's headers (the next
+    kernel's too, when installed under this scenario)."""
     pinned = kernelvariables(release)
     if not pinned.exists() or os.path.ismount(pinned):
         return
-    STRIPPED.parent.mkdir(parents=True, exist_ok=True)
+    stripped = STRIPPED / f"kernelvariables-ubuntu-{release}"
+    stripped.parent.mkdir(parents=True, exist_ok=True)
     lines = [ln for ln in pinned.read_text().splitlines(keepends=True)
              if not ln.lstrip().startswith("CC ")]
-    STRIPPED.write_text("".join(lines))
-    subprocess.run(["mount", "--bind", str(STRIPPED), str(pinned)], check=True)
+    stripped.write_text("".join(lines))
+    subprocess.run(["mount", "--bind", str(stripped), str(pinned)], check=True)
 
 
-def _show_pin(release: str) -> None:
-    pinned = kernelvariables(release)
-    if os.path.ismount(pinned):
-        subprocess.run(["umount", str(pinned)], check=True)
+def _show_pins() -> None:
+    for pinned in sorted(Path("/usr/src").glob("linux-headers-*/.kernelvariables")):
+        if os.path.ismount(pinned):
+            subprocess.run(["umount", str(pinned)], check=True)
 
 
 def apply(on: bool) -> None:
@@ -92,7 +95,7 @@ def apply(on: bool) -> None:
         for name, target in OLD_GCC.items():
             _relink(name, target, save=True)
         _remove("gcc-12")
-        _hide_pin(release)
+        hide_pin(release)
     else:
         install("gcc-12")
         for name in OLD_GCC:
@@ -100,4 +103,4 @@ def apply(on: bool) -> None:
             if saved.exists():
                 _relink(name, saved.read_text())
                 saved.unlink()
-        _show_pin(release)
+        _show_pins()
