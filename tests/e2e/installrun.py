@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.simnode.host import second_kernel_release
+
 REPO = Path(__file__).resolve().parents[2]
 DEVICES = REPO / "tests/umockdev/devices"
 MARKER = "/run/nvidia/validations/.driver-ctr-ready"
@@ -188,3 +190,16 @@ def driver_root_mounted(node) -> bool:
 def record(node) -> dict | None:
     text = host_text(node, STATE)
     return json.loads(text) if text else None
+
+
+@pytest.fixture
+def next_kernel(simnode) -> str:
+    """A second kernel whose real headers are here (Debian's cloud flavour): the update."""
+    release = second_kernel_release(simnode.kernel_release)
+    if release is None:
+        pytest.skip("one kernel's headers here: apt-get install linux-headers-cloud-amd64")
+    return release
+
+
+def install(node, env: dict[str, str], **kw) -> AgentRun:
+    return run_agent(node.agent_args(), env, "install", **kw)

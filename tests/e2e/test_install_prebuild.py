@@ -12,22 +12,9 @@ import pytest
 
 from agent.handoff import MARKER_CONTENT
 from tests.e2e.healthrun import start_watch
-from tests.e2e.installrun import MARKER, host_text, kill_at_step, record, run_agent
-from tests.simnode.host import second_kernel_release
+from tests.e2e.installrun import MARKER, host_text, install, kill_at_step, record
 
 pytestmark = [pytest.mark.e2e, pytest.mark.simnode]
-
-
-@pytest.fixture
-def next_kernel(simnode):
-    release = second_kernel_release(simnode.kernel_release)
-    if release is None:
-        pytest.skip("one kernel's headers here: apt-get install linux-headers-cloud-amd64")
-    return release
-
-
-def install(simnode, env, **kw):
-    return run_agent(simnode.agent_args(), env, "install", **kw)
 
 
 def running_driver(simnode):

@@ -12,25 +12,12 @@ import pytest
 
 from agent.handoff import MARKER_CONTENT
 from tests.e2e.healthrun import check, statuses
-from tests.e2e.installrun import MARKER, host_text, record, run_agent
+from tests.e2e.installrun import MARKER, host_text, install, record, run_agent
 from tests.e2e.test_install_prebuild import ko_vermagic, ko_vermagic_bytes, running_driver
-from tests.simnode.host import second_kernel_release
 
 pytestmark = [pytest.mark.e2e, pytest.mark.simnode]
 
 MODVER = "580.105.08"
-
-
-@pytest.fixture
-def next_kernel(simnode):
-    release = second_kernel_release(simnode.kernel_release)
-    if release is None:
-        pytest.skip("one kernel's headers here: apt-get install linux-headers-cloud-amd64")
-    return release
-
-
-def install(simnode, env, **kw):
-    return run_agent(simnode.agent_args(), env, "install", **kw)
 
 
 def dkms_status(simnode):
