@@ -89,13 +89,15 @@ def prebuild(stage: Path, releases: list[str]) -> None:
 
 def build_fake_run(out_dir: Path, version: str = "580.105.08-grid-azure", *,
                    releases: list[str] | None = None,
-                   nvidia_sources: Path | None = None) -> Path:
+                   nvidia_sources: Path | None = None,
+                   nvidia_open_sources: Path | None = None) -> Path:
     """Make `<out_dir>/NVIDIA-Linux-x86_64-<version>.run`; returns its path.
 
     `releases` are the kernel releases whose .ko files are built now and cached in the
     archive (default: every Debian headers release here; [] = kbuild at install time).
     `nvidia_sources`: NVIDIA's real kernel interface tree (realparts.kernel_tree()) as the
-    archive's `kernel/`, built at install time by its own Makefile and the real kbuild.
+    archive's `kernel/`, built at install time by its own Makefile and the real kbuild;
+    `nvidia_open_sources` (realparts.open_kernel_tree()) likewise as its `kernel-open/`.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,9 +113,10 @@ def build_fake_run(out_dir: Path, version: str = "580.105.08-grid-azure", *,
         (stage / "grid-sim.json").write_text(
             json.dumps({"version": version, "module_version": modver}) + "\n")
         write_module_sources(stage, modver)
-        if nvidia_sources is not None:
-            shutil.rmtree(stage / "kernel")
-            shutil.copytree(nvidia_sources, stage / "kernel", symlinks=True)
+        for sub, tree in (("kernel", nvidia_sources), ("kernel-open", nvidia_open_sources)):
+            if tree is not None:
+                shutil.rmtree(stage / sub)
+                shutil.copytree(tree, stage / sub, symlinks=True)
         build_nvml(stage, modver)
         prebuild(stage, machine_kernel_releases() if releases is None else releases)
         header = pass_through_header(Path(tmp) / "header.sh")

@@ -103,10 +103,57 @@ def open_kernel_tree() -> Path:
 
     Laid out as the .run's `kernel-open/`: Makefile, Kbuild, conftest.sh, the Dual MIT/GPL
     interface sources and the prebuilt nv-kernel.o_binary and nv-modeset-kernel.o_binary
-    cores (Debian builds them from open-gpu-kernel-modules' src/, as NVIDIA does), not the
-    whole src/ tree.
+    cores (DWARF producer GCC 12.2.0: Debian compiled them from open-gpu-kernel-modules'
+    src/), not the whole src/ tree.
     """
     return _tree("nvidia-open-kernel-source", OPEN_KERNEL_TARBALL, "nvidia-open-kernel")
+
+
+# Linux commit 916bfc605c84 ("PCI: Fix restoring BARs on BAR resize rollback path") gave
+# pci_resize_resource() a fourth argument, exclude_bars, and was backported to stable (Debian
+# bookworm's 6.1.0-57 has it). NVIDIA's open nv-pci.c of 535.261.03 calls it with three, so
+# the open modules no longer build there ("too few arguments to function
+# 'pci_resize_resource'"; NVIDIA/open-gpu-kernel-modules#1272). The distributions' fix
+# (Flatcar's nvidia-drivers overlay): a conftest test and both calls.
+EXCLUDE_BARS_CONFTEST = """\
+        pci_resize_resource_has_exclude_bars_arg)
+            #
+            # Determine if pci_resize_resource() takes exclude_bars (Linux 916bfc605c84,
+            # backported to stable). Added for the simulated node, as distributions do.
+            #
+            CODE="
+            #include <linux/pci.h>
+            int conftest_pci_resize_resource_has_exclude_bars_arg(struct pci_dev *dev) {
+                return pci_resize_resource(dev, 0, 0, 0);
+            }"
+
+            compile_check_conftest "$CODE" "NV_PCI_RESIZE_RESOURCE_HAS_EXCLUDE_BARS_ARG" "" "types"
+        ;;
+
+"""
+RESIZE_CALL = "    r = pci_resize_resource(pci_dev, NV_GPU_BAR1, requested_size);\n"
+RESIZE_CALLS = ("#if defined(NV_PCI_RESIZE_RESOURCE_HAS_EXCLUDE_BARS_ARG)\n"
+                "    r = pci_resize_resource(pci_dev, NV_GPU_BAR1, requested_size, 0);\n"
+                "#else\n" + RESIZE_CALL + "#endif\n")
+
+
+def _patch(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    if text.count(old) != 1:
+        raise ValueError(f"{path} changed: cannot find {old.strip()!r} once")
+    path.write_text(text.replace(old, new))
+
+
+def with_exclude_bars_fix(tree: Path, dest: Path) -> Path:
+    """A copy of the open tree with the pci_resize_resource() fix; its path."""
+    shutil.copytree(tree, dest, symlinks=True)
+    anchor = "        pci_rebar_get_possible_sizes)\n"
+    _patch(dest / "conftest.sh", anchor, EXCLUDE_BARS_CONFTEST + anchor)
+    anchor = "NV_CONFTEST_TYPE_COMPILE_TESTS += dma_ops\n"
+    _patch(dest / "nvidia" / "nvidia.Kbuild", anchor,
+           anchor + "NV_CONFTEST_TYPE_COMPILE_TESTS += pci_resize_resource_has_exclude_bars_arg\n")
+    _patch(dest / "nvidia" / "nv-pci.c", RESIZE_CALL, RESIZE_CALLS)
+    return dest
 
 
 def source_version(tree: Path) -> str:
