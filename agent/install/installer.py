@@ -24,6 +24,9 @@ MODULE_TYPE_VAR = "GRID_AGENT_KERNEL_MODULE_TYPE"
 # (modprobe fails, or the module loads and finds no device). The real installer never says
 # so in an ERROR line: forced with -M proprietary it installs (nvidia-installer 580.105.08,
 # kernel.c, valid_kernel_module_types / override_kernel_module_build_directory).
+# gcc's diagnostic, `file.c:223:9: error: ...` or `fatal error:` (make's own lines differ).
+_GCC_ERROR = re.compile(r"^(\S+?\.[ch])((?::\d+)*: (?:fatal )?error: .+)$")
+MAX_CAUSE = 300
 _NVRM_REQUIRES_OPEN = re.compile(r"NVRM:.*requires use of the NVIDIA open kernel modules")
 _TYPES = ("open", "proprietary")
 # The GPU Operator's fallback when the installer cannot recommend (gpu-driver-container,
@@ -112,9 +115,25 @@ def recommended_module_type(root: HostRoot, runner: HostRunner, run_path: str, *
 
 
 def error_lines(log_text: str, count: int = 3) -> list[str]:
-    """The installer's last `ERROR:` lines, the only part of its log worth a person's time."""
-    found = [ln.strip() for ln in log_text.splitlines() if ln.strip().startswith("ERROR:")]
-    return found[-count:]
+    """The installer's last `ERROR:` lines, then the compiler's first error when a build
+    failed: the ERROR line only says "Building kernel modules", the cause is in the make
+    output above it (e.g. `nv-pci.c:223:9: error: too few arguments to function
+    'pci_resize_resource'`, NVIDIA's open 535 against a newer 6.1 stable kernel)."""
+    lines = log_text.splitlines()
+    found = [ln.strip() for ln in lines if ln.strip().startswith("ERROR:")][-count:]
+    if found:
+        cause = next((m for ln in lines if (m := _compile_error(ln))), None)
+        if cause:
+            found.append(cause)
+    return found
+
+
+def _compile_error(line: str) -> str | None:
+    """gcc's `path:line:col: error: ...` as `file:line:col: error: ...` (no build dir)."""
+    found = _GCC_ERROR.match(line.strip())
+    if not found:
+        return None
+    return f"{PurePosixPath(found.group(1)).name}{found.group(2)}"[:MAX_CAUSE]
 
 
 def kernel_says_requires_open(kernel_log: str) -> bool:

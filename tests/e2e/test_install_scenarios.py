@@ -123,6 +123,8 @@ def test_installer_error_is_exit_6_with_its_error_lines(simnode, catalog):
     simnode.set_scenarios("installer-error")
     result = install(simnode, catalog)
     assert_failed(simnode, result, 6, "ERROR:")
+    # The compiler's error (the cause), not only the installer's ERROR lines.
+    assert "nv.c: error: implicit declaration of function" in result.error()
 
 
 def test_smi_exit_14_is_exit_7_and_never_published(simnode, catalog):

@@ -203,3 +203,33 @@ def test_the_installer_log_is_written_privately_then_published(root, tmp_path):
     assert victim.read_text() == "root:x:0:\n"  # the link was replaced, never written through
     published = root.path(inst.INSTALLER_LOG)
     assert not published.is_symlink() and published.read_text() == LOG_FAIL
+
+
+BUILD_FAILED = """\
+   CC [M]  /tmp/selfgz4242/NVIDIA-Linux-x86_64-535.261.03/kernel-open/nvidia/nv-pci.o
+/tmp/selfgz4242/NVIDIA-Linux-x86_64-535.261.03/kernel-open/nvidia/nv-pci.c:223:9: error: \
+too few arguments to function 'pci_resize_resource'
+  223 |         r = pci_resize_resource(pci_dev, NV_GPU_BAR_INDEX_FB, requested_size);
+/tmp/selfgz4242/NVIDIA-Linux-x86_64-535.261.03/kernel-open/nvidia/nv-pci.c:240:5: error: \
+a later error
+make[3]: *** [scripts/Makefile.build:250: nvidia/nv-pci.o] Error 1
+ERROR: An error occurred while performing the step: "Building kernel modules". See \
+/var/log/nvidia-installer.log for details.
+"""
+
+
+def test_a_failed_build_names_the_compilers_first_error_after_the_error_line():
+    assert inst.error_lines(BUILD_FAILED) == [
+        'ERROR: An error occurred while performing the step: "Building kernel modules". See '
+        '/var/log/nvidia-installer.log for details.',
+        "nv-pci.c:223:9: error: too few arguments to function 'pci_resize_resource'"]
+    # Without an ERROR line the run did not fail by its own account: no cause is guessed.
+    assert inst.error_lines(BUILD_FAILED.rsplit("ERROR:", 1)[0]) == []
+    assert inst.error_lines("ERROR: Unable to load the kernel module 'nvidia.ko'.\n"
+                            "make: *** No rule to make target 'x'.  Stop.\n") == [
+        "ERROR: Unable to load the kernel module 'nvidia.ko'."]
+
+
+def test_a_long_compiler_error_is_cut():
+    line = "a.c:1:1: error: " + "x" * 1000
+    assert len(inst.error_lines(f"{line}\nERROR: boom\n")[-1]) == inst.MAX_CAUSE
