@@ -239,7 +239,8 @@ class Prebuilder:
             missing = inst.InstallerFailed(
                 f"prebuild for {release} finished but {', '.join(NEEDED)} {modver} are not "
                 f"under {MODULES_DIR}/{release}", [])
-            missing.remedy = f"see {prebuild_log(release)} on the node"
+            where = dkms_log(modver) if how == "dkms" else prebuild_log(release)
+            missing.remedy = f"see {where} on the node"
             raise missing
         return how
 

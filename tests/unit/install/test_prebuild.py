@@ -89,6 +89,16 @@ def test_a_failed_dkms_build_names_dkms_not_an_older_installer_log(node, fp):
     assert f"/var/lib/dkms/nvidia/{MODVER}/build/make.log" in failed["error"]
 
 
+def test_a_dkms_install_that_leaves_no_modules_names_dkms_make_log(node, fp):
+    dkms_host(node)
+    fp.register(DKMS)  # exits 0, builds nothing
+    builder(node).run_pending(node.kernel)
+    entry = read_prebuilds(node.root)[NEXT]
+    assert entry["outcome"] == "failed" and "are not under" in entry["error"]
+    assert f"/var/lib/dkms/nvidia/{MODVER}/build/make.log" in entry["error"]
+    assert "nvidia-installer" not in entry["error"]
+
+
 def test_modules_already_on_disk_count_as_built_without_a_build(node):
     modules_built(node)  # DKMS's kernel hook did it, or a killed run got that far
     assert builder(node).run_pending(node.kernel) == [NEXT]
