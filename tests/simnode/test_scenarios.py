@@ -281,3 +281,20 @@ def test_dkms_builds_the_registered_source_with_a_real_kbuild(simnode, fake_run)
         "found at /lib/modules/9.9.9-none/build or /lib/modules/9.9.9-none/source." in none.stderr
     assert dkms("remove", mod, "--all").returncode == 0
     assert dkms("status").stdout == "" and not simnode.path(ko).exists()
+
+
+def test_a_foreign_cuda_driver_with_dkms_is_built_by_dkms_and_purged_by_its_prerm(simnode):
+    """foreign-cuda-driver with dkms: nvidia-dkms-535's postinst and prerm run the node's dkms."""
+    simnode.set_scenarios("dkms", "foreign-cuda-driver")  # dkms applied first either way
+    rel, mod = simnode.kernel_release, "nvidia/535.183.01"
+    assert simnode.exec(["dkms", "status"]).stdout == f"{mod}, {rel}, x86_64: installed\n"
+    ko = f"/lib/modules/{rel}/updates/dkms/nvidia.ko"
+    modinfo = lambda field: simnode.exec(["modinfo", "-F", field, ko]).stdout.split()  # noqa: E731
+    assert modinfo("version") == ["535.183.01"] and modinfo("vermagic")[0] == rel
+    active = simnode.path(f"/var/lib/dkms/nvidia/kernel-{rel}-x86_64")
+    assert os.readlink(active) == f"535.183.01/{rel}/x86_64"
+    purged = simnode.exec(["apt-get", "-y", "purge", "nvidia-dkms-535"])
+    assert "Deleting module nvidia/535.183.01 completely from the DKMS tree." in purged.stdout
+    assert simnode.exec(["dkms", "status"]).stdout == ""
+    for gone in (ko, f"/var/lib/dkms/{mod}", "/usr/src/nvidia-535.183.01"):
+        assert not simnode.path(gone).exists(), gone

@@ -18,6 +18,7 @@ weak modules, BUILD_DEPENDS, mktarball and friends.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -44,6 +45,8 @@ from dkmsconf import (
     read_conf,
     tree,
 )
+
+RUNS = Path("/var/lib/grid-sim/dkms-runs.jsonl")
 
 # -- actions -----------------------------------------------------------------------------------
 
@@ -320,6 +323,7 @@ def dispatch(args: Args) -> None:
 
 
 def main(cmd: str) -> None:
+    code = 0
     try:
         args = parse(sys.argv[1:])
         if not args.action:
@@ -327,4 +331,14 @@ def main(cmd: str) -> None:
         dispatch(args)
     except Die as exc:
         report(exc)
-        sys.exit(exc.code)
+        code = exc.code
+    record_run(code)
+    sys.exit(code)
+
+
+def record_run(code: int) -> None:
+    """Each call and its exit code, one JSON line (the rig's, not DKMS's: tests tell whose
+    `dkms remove` did the work)."""
+    RUNS.parent.mkdir(parents=True, exist_ok=True)
+    with RUNS.open("a") as out:
+        out.write(json.dumps({"argv": sys.argv[1:], "exit": code}) + "\n")

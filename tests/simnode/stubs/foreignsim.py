@@ -6,11 +6,20 @@ As an AKS image or an Ubuntu host carries it: dpkg knows its packages (a real-fo
 modprobe prefers), its own nvidia-smi and libnvidia-ml are in place, and its modules are
 loaded. The container toolkit (libnvidia-container1, nvidia-container-toolkit) sits next
 to it, as on AKS. `apt-get purge` (pkgsim) removes a package's listed files and its
-stanza; the DKMS tree and built modules stay behind, as they do when dkms is not asked.
+stanza; without the node's `dkms` the DKMS tree and built modules stay behind.
+
+With the node's `dkms` (scenario `dkms` in the same set) nvidia-dkms-535's postinst is
+real: `dkms install nvidia/535.183.01 -k <kernel>` registers its source with the dkms
+stub, which builds it with kbuild (three empty modules, version 535.183.01, licence NVIDIA)
+and installs them under updates/dkms; its prerm (dh_dkms) runs `dkms remove` on a purge
+while `dkms status` still lists it. Without dkms the tree and one nvidia.ko carrying just
+the .modinfo are laid down by hand.
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import simlib as s
@@ -20,11 +29,30 @@ DEB_VERSION = f"{VERSION}-0ubuntu0.22.04.1"
 STATUS = Path("/var/lib/dpkg/status")
 INFO = Path("/var/lib/dpkg/info")
 LIB = "/usr/lib/x86_64-linux-gnu"
+SRC = Path(f"/usr/src/nvidia-{VERSION}")
+KMODS = ("nvidia", "nvidia-modeset", "nvidia-uvm")
+MODULE_C = f"""/* nvidia-dkms-535 of the simulated node: a real, empty module (never loaded). */
+#include <linux/init.h>
+#include <linux/module.h>
+
+static int __init grid_sim_init(void) {{ return 0; }}
+static void __exit grid_sim_exit(void) {{ }}
+module_init(grid_sim_init);
+module_exit(grid_sim_exit);
+
+MODULE_LICENSE("NVIDIA");
+MODULE_VERSION("{VERSION}");
+"""
+# nvidia-dkms-535's dkms.conf, less NVIDIA's own Makefile: DKMS's default make is kbuild.
+DKMS_CONF = f'PACKAGE_NAME="nvidia"\nPACKAGE_VERSION="{VERSION}"\nAUTOINSTALL="yes"\n' + \
+    "".join(f'BUILT_MODULE_NAME[{i}]="{m}"\nDEST_MODULE_LOCATION[{i}]="/kernel/drivers/char/drm"\n'
+            for i, m in enumerate(KMODS))
+SOURCES = ("dkms.conf", "Kbuild", *(f"{m}.c" for m in KMODS))
 # package -> the files it installed (what `dpkg -L` lists)
 PACKAGES = {
     "cuda-drivers-535": (),
     "nvidia-driver-535": (),
-    "nvidia-dkms-535": (f"/usr/src/nvidia-{VERSION}/dkms.conf",),
+    "nvidia-dkms-535": tuple(f"/usr/src/nvidia-{VERSION}/{name}" for name in SOURCES),
     "nvidia-kernel-common-535": (),
     "libnvidia-compute-535": (f"{LIB}/libnvidia-ml.so.{VERSION}", f"{LIB}/libnvidia-ml.so.1"),
     "nvidia-utils-535": ("/usr/bin/nvidia-smi",),
@@ -80,14 +108,11 @@ def apply() -> None:
     _write(STATUS, (old.rstrip("\n") + "\n\n" if old.strip() else "") + "\n".join(stanzas))
     for package, files in PACKAGES.items():
         _write(INFO / f"{package}.list", "".join(f"{f}\n" for f in files))
-    _write(f"/usr/src/nvidia-{VERSION}/dkms.conf",
-           f'PACKAGE_NAME="nvidia"\nPACKAGE_VERSION="{VERSION}"\nAUTOINSTALL="yes"\n')
-    tree = Path(f"/var/lib/dkms/nvidia/{VERSION}")
-    (tree / "source").parent.mkdir(parents=True, exist_ok=True)
-    if not (tree / "source").is_symlink():
-        (tree / "source").symlink_to(f"/usr/src/nvidia-{VERSION}")
-    _write(tree / release / "x86_64/module/nvidia.ko", ko_bytes(release))
-    _write(f"/lib/modules/{release}/updates/dkms/nvidia.ko", ko_bytes(release))
+    write_sources()
+    if shutil.which("dkms"):
+        dkms_install(release)
+    else:
+        lay_down_dkms(release)
     _write(f"{LIB}/libnvidia-ml.so.{VERSION}", b"\x7fELF (libnvidia-ml 535, grid-sim)\n")
     link = Path(f"{LIB}/libnvidia-ml.so.1")
     if link.is_symlink() or link.exists():
@@ -99,6 +124,32 @@ def apply() -> None:
             s.mark_loaded(name, VERSION, "proprietary")
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
+
+
+def write_sources() -> None:
+    _write(SRC / "dkms.conf", DKMS_CONF)
+    _write(SRC / "Kbuild", "obj-m := " + " ".join(f"{m}.o" for m in KMODS) + "\n")
+    for name in KMODS:
+        _write(SRC / f"{name}.c", MODULE_C)
+
+
+def dkms_install(release: str) -> None:
+    """nvidia-dkms-535's postinst with dkms installed: DKMS adds, builds and installs it."""
+    done = subprocess.run(["dkms", "install", f"nvidia/{VERSION}", "-k", release],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        s.die(f"foreign-cuda-driver: dkms install nvidia/{VERSION} failed "
+              f"({done.returncode}): {done.stdout}{done.stderr}")
+
+
+def lay_down_dkms(release: str) -> None:
+    """No dkms command: a registered, built tree and its nvidia.ko, written by hand."""
+    tree = Path(f"/var/lib/dkms/nvidia/{VERSION}")
+    (tree / "source").parent.mkdir(parents=True, exist_ok=True)
+    if not (tree / "source").is_symlink():
+        (tree / "source").symlink_to(SRC)
+    _write(tree / release / "x86_64/module/nvidia.ko", ko_bytes(release))
+    _write(f"/lib/modules/{release}/updates/dkms/nvidia.ko", ko_bytes(release))
 
 
 def is_installed(package: str) -> bool:
@@ -113,6 +164,7 @@ def purge(package: str) -> bool:
     keep = [st for st in stanzas if not st.startswith(f"Package: {package}\n")]
     if len(keep) == len(stanzas):
         return False
+    prerm(package)
     listing = INFO / f"{package}.list"
     for name in (listing.read_text().splitlines() if listing.exists() else []):
         path = Path(name)
@@ -124,3 +176,13 @@ def purge(package: str) -> bool:
     listing.unlink(missing_ok=True)
     STATUS.write_text("\n\n".join(keep))
     return True
+
+
+def prerm(package: str) -> None:
+    """nvidia-dkms-535's prerm (dh_dkms): `dkms remove --all` when dkms still lists it."""
+    if package != "nvidia-dkms-535" or not shutil.which("dkms"):
+        return
+    listed = subprocess.run(["dkms", "status", "-m", "nvidia", "-v", VERSION],
+                            capture_output=True, text=True).stdout
+    if listed.strip():
+        subprocess.run(["dkms", "remove", "-m", "nvidia", "-v", VERSION, "--all"], check=False)
