@@ -59,6 +59,7 @@ def remove_foreign(root: HostRoot, runner: HostRunner, pin_version: str, *, unlo
             f"another NVIDIA driver is installed ({what}) and its module is in use: "
             f"{exc.message}", remedy="drain GPU workloads and reboot the node, or remove that "
             "driver yourself (apt-get purge, dkms remove); the agent then installs GRID") from exc
+    _dkms_remove(root, runner, found)
     if found.packages:
         purge(list(found.packages))
     _remove_dkms(root, runner, found)
@@ -75,12 +76,18 @@ def remove_foreign(root: HostRoot, runner: HostRunner, pin_version: str, *, unlo
     return True
 
 
-def _remove_dkms(root: HostRoot, runner: HostRunner, found: ForeignDriver) -> None:
-    # `dkms remove` when the host has it (a package purge usually did it already), then
-    # the trees and built modules themselves, as AKS does (`rm -rf /var/lib/dkms/nvidia`).
+def _dkms_remove(root: HostRoot, runner: HostRunner, found: ForeignDriver) -> None:
+    # Before the purge: DKMS reads <tree>/source/dkms.conf, which the purge deletes (then
+    # `dkms remove` is exit 3, "not located in the DKMS tree"); a package's prerm that
+    # removes it itself finds nothing left and skips.
     if root.which("dkms") is not None:
         for version in found.dkms_versions:
             runner.run(["dkms", "remove", f"nvidia/{version}", "--all"], check=False, timeout=300)
+
+
+def _remove_dkms(root: HostRoot, runner: HostRunner, found: ForeignDriver) -> None:
+    # What `dkms remove` left (no dkms, or it failed): the trees and built modules
+    # themselves, as AKS does (`rm -rf /var/lib/dkms/nvidia`).
     for version in found.dkms_versions:
         _remove_path(root, f"{DKMS_TREE}/{version}")
     for tree in found.source_trees:

@@ -57,6 +57,21 @@ def test_unused_it_is_unloaded_purged_and_its_dkms_tree_removed(cuda_host):
     assert "libnvidia-container1" in cuda_host.read_text(DPKG_STATUS)
 
 
+def test_with_dkms_it_is_dkms_removed_before_the_purge_takes_its_source(cuda_host):
+    write(cuda_host, "/usr/sbin/dkms", "#!/bin/sh\n", 0o755)
+    order = []
+    runner = FakeRunner().on("dkms", effect=order.append).on()
+
+    def purge(pkgs):
+        order.append(["purge", *pkgs])
+        write(cuda_host, DPKG_STATUS, stanza("bash"))
+
+    assert foreign.remove_foreign(cuda_host, runner, PIN, unload=lambda *a, **k: True,
+                                  purge=purge)
+    assert order[0] == ["dkms", "remove", f"nvidia/{OTHER}", "--all"]
+    assert order[1] == ["purge", *FOREIGN]
+
+
 def test_in_use_it_is_exit_6_naming_it_and_nothing_is_removed(cuda_host):
     def unload(root, runner, *, want_version):
         raise InstallError("reboot required: NVIDIA driver 535.183.01 is loaded and in use "
