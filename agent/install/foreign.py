@@ -27,10 +27,10 @@ AKS_PREBAKE_LEFTOVERS = ("/usr/bin/lib64", "/etc/ld.so.conf.d/nvidia.conf")
 def removal(found: ForeignDriver) -> str:
     """What the install's stale_unload step does about it (remove_foreign), in words."""
     steps = ["unload its module"]
+    if found.dkms_versions or found.source_trees or found.dkms_modules:
+        steps.append("remove its DKMS trees and modules")  # first: a purge takes its source
     if found.packages:
         steps.append("apt-get purge its packages")
-    if found.dkms_versions or found.source_trees or found.dkms_modules:
-        steps.append("remove its DKMS trees and modules")
     if found.aks_prebake:
         steps.append("drop the AKS prebake's leftovers")
     return f"{', '.join(steps)} when unused, else exit 6 naming it and its users"

@@ -49,7 +49,7 @@ def test_dry_run_and_detect_name_the_compiler_and_the_other_driver_and_change_no
     assert f"driver {OTHER} is loaded" in stale
     assert "another NVIDIA driver (packages " in stale and "nvidia-driver-535" in stale
     assert f"DKMS nvidia/{OTHER}" in stale
-    assert stale.endswith("apt-get purge its packages, remove its DKMS trees and modules when "
+    assert stale.endswith("remove its DKMS trees and modules, apt-get purge its packages when "
                           "unused, else exit 6 naming it and its users")
 
     found = run_agent(simnode.agent_args(), catalog, "detect")

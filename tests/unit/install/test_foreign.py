@@ -108,7 +108,7 @@ def test_an_aks_prebake_is_torn_down_like_agentbaker_does(root):
 
 def test_removal_says_what_remove_foreign_would_do(cuda_host):
     assert foreign.removal(find_foreign(cuda_host, PIN)) == (
-        "unload its module, apt-get purge its packages, remove its DKMS trees and modules "
+        "unload its module, remove its DKMS trees and modules, apt-get purge its packages "
         "when unused, else exit 6 naming it and its users")
     assert foreign.removal(ForeignDriver(aks_prebake=True)) == (
         "unload its module, drop the AKS prebake's leftovers when unused, else exit 6 naming "

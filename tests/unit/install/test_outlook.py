@@ -34,8 +34,8 @@ def test_a_gcc_11_host_with_a_cuda_driver(fp, root):
         "gcc is 11: CC=gcc-12 (apt-get install gcc-12)",
         "another NVIDIA driver: packages cuda-drivers-535, libnvidia-compute-535, "
         "nvidia-dkms-535, nvidia-driver-535, nvidia-kernel-common-535, nvidia-utils-535; DKMS "
-        "nvidia/535.183.01; install would unload its module, apt-get purge its packages, remove "
-        "its DKMS trees and modules when unused, else exit 6 naming it and its users"]
+        "nvidia/535.183.01; install would unload its module, remove its DKMS trees and "
+        "modules, apt-get purge its packages when unused, else exit 6 naming it and its users"]
     data = json.loads(json.dumps(seen.as_dict()))
     assert data["build"] == {
         "kernel_release": KERNEL,

@@ -172,16 +172,16 @@ def test_a_foreign_driver_is_named_with_what_install_would_do(node):
     item = plan(node)["stale_unload"]
     assert item.acts
     assert item.why == ("another NVIDIA driver (packages nvidia-driver-535; DKMS "
-                        "nvidia/535.183.01): unload its module, apt-get purge its packages, "
-                        "remove its DKMS trees and modules when unused, else exit 6 naming it "
-                        "and its users")
+                        "nvidia/535.183.01): unload its module, remove its DKMS trees "
+                        "and modules, apt-get purge its packages when unused, else exit 6 "
+                        "naming it and its users")
     node.state = loaded("535.183.01", "proprietary", 1, ("nvidia_uvm",))
     item = plan(node)["stale_unload"]
     assert item.why.startswith("driver 535.183.01 is loaded (refcnt 1, holders nvidia_uvm)")
     assert item.why.endswith("; another NVIDIA driver (packages nvidia-driver-535; DKMS "
-                             "nvidia/535.183.01): unload its module, apt-get purge its packages, "
-                             "remove its DKMS trees and modules when unused, else exit 6 naming "
-                             "it and its users")
+                             "nvidia/535.183.01): unload its module, remove its DKMS trees "
+                             "and modules, apt-get purge its packages when unused, else "
+                             "exit 6 naming it and its users")
     assert node.root.path("/var/lib/dkms/nvidia/535.183.01/source").exists()
 
 
