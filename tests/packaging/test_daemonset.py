@@ -10,7 +10,8 @@ from agent.cli import cli
 from agent.health.monitor import VerdictCache
 from agent.health.server import HealthApp
 from agent.host.paths import LOCK, MARKER
-from agent.settings import OPTIONS, host_port
+from agent.settings import OPTIONS
+from agent.values import host_port
 from tests.fakes.clock import FakeClock
 from tests.packaging.kube import one, pod_containers, render
 

@@ -5,7 +5,7 @@ import pytest
 
 from agent.host.root import HostRoot
 from agent.install import upgrade as staging
-from agent.settings import reboot_sentinel
+from agent.values import reboot_sentinel
 
 
 @pytest.fixture
