@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from agent.driver.record import InstallRecord
@@ -45,7 +45,6 @@ class ForeignDriver:
     source_trees: tuple[str, ...] = ()  # /usr/src/nvidia-<version> of other versions
     dkms_modules: tuple[str, ...] = ()  # built .ko files of other versions under updates/
     aks_prebake: bool = False
-    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __bool__(self) -> bool:
         return bool(self.packages or self.dkms_versions or self.source_trees
