@@ -186,14 +186,15 @@ class Prebuilder:
             how = self._build(release, record)
         except AgentError as exc:
             entry = self._entry("failed", begun, error=exc.line())
+            self._record(release, entry)  # recorded before it is said: readers see both
             log.warning("prebuild_failed", kernel_release=release, error=exc.line(),
                         hint="the node still works; after a reboot into this kernel the "
                              "driver is built at boot instead")
         else:
             entry = self._entry("built", begun, how=how)
+            self._record(release, entry)
             log.info("prebuild_finished", kernel_release=release, how=how,
                      seconds=entry["seconds"], changed=how != "on_disk")
-        self._record(release, entry)
         return entry
 
     def _entry(self, outcome: str, begun: float, **extra: Any) -> dict[str, Any]:
